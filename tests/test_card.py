@@ -1,0 +1,187 @@
+"""The model card: built offline from finished stage folders, read back by huggingface_hub and by hfpipe reproduce.
+
+Run: .venv/bin/python -m pytest tests/test_card.py -q
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from hfpipe.card import METADATA_KEYS, build_card, read_card, write_card
+from hfpipe.errors import HfpipeError
+
+RECIPE_YAML = """\
+name: tiny
+seed: 0
+license: apache-2.0
+language: en
+# an HTML comment closer in the recipe must not break the hidden block: -->
+data:
+  sources: [{path: "stdlib:json"}]
+pretrain:
+  max_steps: 20
+  lr: 0.003
+sft:
+  method: sft
+eval:
+  tasks: [lambada_openai, arc_easy]
+"""
+
+EVAL_RESULTS = {
+    "results": {
+        "arc_easy": {"metrics": {"acc": {"value": 0.2625, "stderr": 0.0312}, "acc_norm": {"value": 0.25, "stderr": 0.0306}},
+                     "version": 1.0, "n_shot": 0, "n_samples": {"original": 2376, "effective": 200}},
+        "lambada_openai": {"metrics": {"perplexity": {"value": 4321.5, "stderr": 812.0}, "acc": {"value": 0.0, "stderr": "N/A"}},
+                           "version": 1.0, "n_shot": 0, "n_samples": 200},
+    },
+    "harness_version": "0.4.13",
+}
+
+VERSIONS = {"python": "3.11.7", "torch": "2.13.0+cpu", "transformers": "5.24.0"}
+
+
+def fp(stage: str) -> str:
+    return hashlib.sha256(f"fingerprint of {stage}".encode()).hexdigest()
+
+
+def curves_png(path: Path, seed: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = list(range(1, 21))
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot(steps, [6.2 - 0.1 * s + 0.01 * ((s * seed) % 7) for s in steps], label="train_loss")
+    ax.set_xlabel("step")
+    ax.legend()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def finished_stage(root: Path, stage: str, metrics: dict, config: dict | None = None, wall_s: float = 12.5) -> Path:
+    folder = root / f"{stage}-{fp(stage)[:12]}"
+    folder.mkdir(parents=True)
+    manifest = {"stage": stage, "fingerprint": fp(stage), "config": config or {},
+                "inputs": {"upstream": {}, "files": {}}, "metrics": metrics, "wall_s": wall_s,
+                "versions": VERSIONS, "hfpipe_version": "0.1.0"}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+@pytest.fixture
+def stages(tmp_path) -> dict[str, Path]:
+    root = tmp_path / "runs"
+    data = finished_stage(root, "data", {"docs_in": 120, "docs_out": 97, "bytes_out": 401_233})
+    (data / "stats.json").write_text(json.dumps({"docs": 97, "bytes": 401_233, "languages": {"en": 97},
+                                                 "by_source": {"stdlib:json": 40, "stdlib:argparse": 57}}))
+    tok = finished_stage(root, "tokenizer", {"vocab_size": 512, "bytes_per_token": 3.07})
+    pre = finished_stage(root, "pretrain", {"train_loss": 4.8123, "tokens_seen": 40960}, wall_s=190.0)
+    curves_png(pre / "curves.png", 1)
+    sft = finished_stage(root, "sft", {"train_loss": 3.25}, config={"method": "sft"})
+    curves_png(sft / "curves.png", 2)
+    ev = finished_stage(root, "eval", {"tasks": 2})
+    (ev / "results.json").write_text(json.dumps(EVAL_RESULTS))
+    return {"data": data, "tokenizer": tok, "pretrain": pre, "sft": sft, "eval": ev}
+
+
+def test_full_card_round_trips(stages, tmp_path):
+    from huggingface_hub import ModelCard
+
+    card = build_card("tiny", RECIPE_YAML, stages, pending={"deploy": fp("deploy")})
+    path = write_card(card, tmp_path / "export" / "README.md")
+
+    loaded = ModelCard.load(path)
+    meta = loaded.data.to_dict()
+    assert set(meta) <= METADATA_KEYS
+    assert meta["license"] == "apache-2.0" and meta["language"] == "en"
+    assert meta["pipeline_tag"] == "text-generation" and meta["library_name"] == "transformers"
+    assert meta["tags"][0] == "hfpipe" and {"pretrain", "sft"} <= set(meta["tags"])
+    assert "base_model" not in meta  # the recipe has none: nothing made up
+
+    # one EvalResult per numeric metric, values as in results.json
+    got = {(r.dataset_type, r.metric_type): r.metric_value for r in loaded.data.eval_results}
+    assert got == {("arc_easy", "acc"): 0.2625, ("arc_easy", "acc_norm"): 0.25,
+                   ("lambada_openai", "perplexity"): 4321.5, ("lambada_openai", "acc"): 0.0}
+    assert all(r.dataset_args == {"num_few_shot": 0} for r in loaded.data.eval_results)
+    assert loaded.data.model_name == "tiny"
+
+    # the recipe and every full fingerprint come back exactly
+    recipe, fps = read_card(path)
+    assert recipe == RECIPE_YAML
+    assert fps == {s: fp(s) for s in ("data", "tokenizer", "pretrain", "sft", "eval", "deploy")}
+    assert read_card(path.parent) == (recipe, fps)
+
+    text = path.read_text()
+    # curves copied beside the card and linked relatively
+    for stage in ("pretrain", "sft"):
+        name = f"tiny_{stage}_curves.png"
+        assert (path.parent / name).read_bytes() == (stages[stage] / "curves.png").read_bytes()
+        assert f"]({name})" in text
+    # tables: per-stage fingerprint prefix and metrics, data statistics, eval stderr, environment
+    assert f"`{fp('pretrain')[:12]}`" in text and "| train_loss | 4.8123 |" in text
+    assert "| by_source.stdlib:argparse | 57 |" in text
+    assert "| arc_easy | acc (0-shot) | 0.2625 | 0.0312 | 200 | 1.0 |" in text
+    assert "| transformers | 5.24.0 |" in text and "3.2 min" in text
+    assert "| lambada_openai | perplexity (0-shot) | 4321.5 | 812 | 200 | 1.0 |" in text
+    assert "```yaml\n" + RECIPE_YAML in text
+
+
+def test_empty_card_renders_gaps_as_comments(tmp_path):
+    from huggingface_hub import ModelCard
+
+    path = write_card(build_card("nothing", "", {}), tmp_path / "README.md")
+    loaded = ModelCard.load(path)
+    assert set(loaded.data.to_dict()) == {"tags", "pipeline_tag", "library_name"}
+    assert not loaded.data.eval_results
+    text = path.read_text()
+    for gap in ("<!-- the recipe declares no license", "<!-- the resolved recipe was not available",
+                "<!-- no finished stage folders -->", "<!-- this recipe has no eval stage"):
+        assert gap in text
+    assert read_card(path) == ("", {})
+
+
+def test_partial_and_broken_folders(stages, tmp_path):
+    """A stage folder without manifest, an eval without results.json, a local base_model: gaps, no crash."""
+    import shutil
+
+    (stages["sft"] / "manifest.json").unlink()
+    (stages["eval"] / "results.json").unlink()
+    (tmp_path / "my" / "model").mkdir(parents=True)
+    recipe = "name: p\nbase_model: {name_or_path: my/model}\n"
+    card = build_card("p", recipe, {k: stages[k] for k in ("sft", "eval")}, recipe_dir=tmp_path)
+    assert "base_model" not in card.data.to_dict()  # a local folder, not a Hub id
+    text = str(card)
+    assert "<!-- sft: manifest.json missing or unreadable -->" in text
+    assert "<!-- the eval stage's results.json is missing or has no metrics -->" in text
+    assert read_card(write_card(card, tmp_path / "c" / "README.md"))[1] == {"eval": fp("eval")}
+
+    shutil.rmtree(tmp_path / "my")
+    hub = build_card("p", "base_model: HuggingFaceTB/SmolLM2-135M\n", {}, recipe_dir=tmp_path)
+    assert hub.data.base_model == "HuggingFaceTB/SmolLM2-135M"
+
+
+def test_read_card_rejects_foreign_card(tmp_path):
+    p = tmp_path / "README.md"
+    p.write_text("---\nlicense: mit\n---\n# someone else's model\n")
+    with pytest.raises(HfpipeError, match="not an hfpipe model card"):
+        read_card(p)
+
+
+def test_eval_results_as_the_eval_stage_writes_them(tmp_path):
+    """The eval stage's own layout ("tasks", "harness": {"version"}, "metric:filter" labels) is read as well."""
+    ev = finished_stage(tmp_path, "eval", {"gsm8k/exact_match:flexible-extract": 0.05})
+    (ev / "results.json").write_text(json.dumps({
+        "harness": {"name": "lm-evaluation-harness", "version": "0.4.13"},
+        "tasks": {"gsm8k": {"metrics": {"exact_match:flexible-extract": {"value": 0.05, "stderr": 0.0219}},
+                            "higher_is_better": {"exact_match:flexible-extract": True},
+                            "version": 3.0, "n_shot": 5, "n_samples": {"original": 1319, "effective": 100}}}}))
+    card = build_card("g", "", {"eval": ev})
+    [r] = card.data.eval_results
+    assert (r.dataset_type, r.metric_type, r.metric_value, r.dataset_args) == ("gsm8k", "exact_match", 0.05,
+                                                                                {"num_few_shot": 5})
+    text = str(card)
+    assert "| gsm8k | exact_match (5-shot) [flexible-extract] ↑ | 0.05 | 0.0219 | 100 | 3.0 |" in text
+    assert "lm-evaluation-harness 0.4.13" in text

@@ -1,16 +1,26 @@
 """Pretrain stage: a causal LM from scratch on the data stage's documents, with the tokenizer stage's tokenizer.
 
-Documents are tokenized, joined with the document separator (BOS, ``<|endoftext|>``) in front of each, and packed
-into fixed ``seq_len`` blocks; the last ``val_fraction`` of the (shuffled) token stream is held out. The model is
-any transformers causal-LM architecture built from a config (``AutoConfig.for_model``), trained with a plain
-PyTorch loop on `accelerate` (device placement, mixed precision, gradient accumulation, clipping), AdamW and a
-transformers LR schedule. Writes ``out_dir/model/`` (model + tokenizer), ``curves.jsonl`` and ``curves.png``.
+Documents are tokenized per domain, each prefixed with the document separator (BOS, ``<|endoftext|>``), and packed
+into fixed-length blocks; the tail ``val_fraction`` of every domain is held out (per-domain validation loss).
+Blocks are dealt by domain mixture weights (or natural proportions), through an optional context-length
+curriculum whose phases keep the tokens per step constant. The model is any transformers causal-LM architecture
+built from a config; the loop is plain PyTorch on `accelerate` (device placement, mixed precision, gradient
+accumulation, clipping, DDP/FSDP/DeepSpeed, trackers, save_state) with AdamW/Adafactor/SGD and a cosine, WSD,
+linear or constant schedule. Checkpoints every ``checkpoint_interval`` steps are atomic and a re-run resumes from
+the last one bit-exactly; SIGTERM/SIGINT checkpoint and stop cleanly (exit 143/130). ``num_processes > 1`` makes
+the stage run ``accelerate launch`` on its own worker entry point. Writes ``out_dir/model/``, ``curves.jsonl``
+and ``curves.png``.
+
+Helpers: _pretrain_data (corpus, packing, sampler), _pretrain_optim (optimizer, schedules, FLOPs, trackers),
+_pretrain_checkpoint (atomic checkpoints, signals), _pretrain_launch (accelerate launch + worker).
 """
 
 from __future__ import annotations
 
 import json
-import math
+import os
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +32,7 @@ from hfpipe.modeling import BOS_TOKEN, EOS_TOKEN, save_model
 from hfpipe.stages import Inputs, StageConfig
 
 READS = ("data", "tokenizer")
+RESUMABLE = True  # out_dir keeps its checkpoints across a crash or pre-emption; a re-run resumes from the last one
 
 
 class ModelConfig(StageConfig):
@@ -43,74 +54,130 @@ class ModelConfig(StageConfig):
         return self
 
 
+class Phase(StageConfig):
+    seq_len: int = Field(ge=8, description="tokens per block in this phase; batch_size*seq_len/this blocks per micro-batch")
+    steps: int = Field(ge=1, description="optimizer steps in this phase")
+
+
 class Config(StageConfig):
     model: ModelConfig = Field(ModelConfig(), description="architecture of the model trained from scratch")
-    seq_len: int = Field(128, ge=8, description="tokens per packed training block (also max_position_embeddings)")
-    batch_size: int = Field(16, ge=1, description="blocks per micro-batch per device")
+    seq_len: int = Field(128, ge=8, description="tokens per packed block; also the validation context")
+    batch_size: int = Field(16, ge=1, description="blocks of seq_len per micro-batch per process")
     gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
     max_steps: int = Field(300, ge=1, description="optimizer steps; the data is repeated (reshuffled) if it runs out")
-    learning_rate: float = Field(3e-3, gt=0, description="peak AdamW LR (tiny models tolerate a high one)")
-    lr_schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay after warmup")
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine floor as a fraction of the peak LR")
-    warmup_steps: int = Field(30, ge=0, description="linear LR warmup from 0, in optimizer steps")
-    weight_decay: float = Field(0.1, ge=0, description="AdamW decoupled decay on matrices (not norms/biases)")
+    curriculum: list[Phase] = Field([], description="context-length phases, e.g. [{seq_len: 64, steps: 100}, "
+                                    "{seq_len: 128, steps: 200}]; steps sum to max_steps; tokens/step stay "
+                                    "batch_size*seq_len (the micro-batch is rescaled). Empty: seq_len throughout")
+    mixture: dict[str, float] = Field({}, description="sampling weight per data domain (metadata.domain), e.g. "
+                                      "{prose: 0.7, code: 0.3}; empty = natural proportions")
+    optimizer: Literal["adamw", "adafactor", "sgd"] = Field("adamw", description="torch AdamW, transformers Adafactor "
+                                                            "or torch SGD (Nesterov)")
+    learning_rate: float = Field(3e-3, gt=0, description="peak LR (tiny models tolerate a high one)")
+    lr_schedule: Literal["cosine", "wsd", "linear", "constant"] = Field("cosine", description="shape after warmup")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final LR as a fraction of the peak (cosine/wsd/linear)")
+    warmup_steps: int = Field(30, ge=0, description="LR warmup, in optimizer steps")
+    decay_fraction: float = Field(0.2, gt=0, le=1, description="wsd: last fraction of max_steps spent decaying")
+    decay_type: Literal["linear", "cosine", "1-sqrt"] = Field("linear", description="wsd: shape of the decay")
+    weight_decay: float = Field(0.1, ge=0, description="decoupled decay on matrices (not norms/biases)")
     adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW first-moment decay")
     adam_beta2: float = Field(0.95, ge=0, lt=1, description="AdamW second-moment decay (0.95: stabler for LMs)")
     adam_eps: float = Field(1e-8, gt=0, description="AdamW denominator epsilon")
+    sgd_momentum: float = Field(0.9, ge=0, lt=1, description="sgd: Nesterov momentum")
     max_grad_norm: float = Field(1.0, gt=0, description="clip the global gradient L2 norm to this")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="accelerate autocast; 'no' = fp32")
-    val_fraction: float = Field(0.05, gt=0, lt=0.5, description="tail of the shuffled token stream held out")
+    val_fraction: float = Field(0.05, gt=0, lt=0.5, description="tail of each domain's token stream held out")
     eval_interval: int = Field(50, ge=1, description="optimizer steps between validation passes (+ one at the end)")
-    eval_blocks: int = Field(160, ge=1, description="score at most this many held-out blocks per validation pass "
+    eval_blocks: int = Field(160, ge=1, description="score at most this many held-out blocks per domain per pass "
                                                      "(the same ones each time, whatever the batch size)")
     log_interval: int = Field(10, ge=1, description="optimizer steps between train-loss rows in curves.jsonl")
+    checkpoint_interval: int = Field(100, ge=1, description="optimizer steps between resumable checkpoints")
+    keep_checkpoints: int = Field(2, ge=1, description="complete checkpoints kept (older ones are deleted)")
+    keep_checkpoints_when_done: bool = Field(False, description="keep checkpoints/ in the finished stage folder")
+    report_to: list[Literal["tensorboard", "wandb", "trackio"]] = Field([], description="accelerate trackers to "
+                                                                        "log the curves to as well (installed)")
+    num_processes: int = Field(1, ge=1, description="training processes; >1 runs `accelerate launch` (one per GPU)")
+    accelerate_config: str | None = Field(None, description="accelerate config: a name under recipes/accelerate "
+                                          "(single, ddp, fsdp, deepspeed_zero3) or a path; default ddp when "
+                                          "num_processes > 1; set = launched even with one process")
 
     @model_validator(mode="after")
-    def _warmup_fits(self):
+    def _consistent(self):
         if self.warmup_steps >= self.max_steps:
             raise ValueError("warmup_steps must be smaller than max_steps")
+        if self.curriculum and sum(p.steps for p in self.curriculum) != self.max_steps:
+            raise ValueError(f"curriculum steps sum to {sum(p.steps for p in self.curriculum)}, not max_steps={self.max_steps}")
+        for p in self.curriculum:
+            if (self.batch_size * self.seq_len) % p.seq_len:
+                raise ValueError(f"curriculum seq_len {p.seq_len} must divide batch_size*seq_len = "
+                                 f"{self.batch_size * self.seq_len} (tokens per micro-batch stay constant)")
+        if any(w < 0 for w in self.mixture.values()) or (self.mixture and not sum(self.mixture.values()) > 0):
+            raise ValueError("mixture weights must be >= 0 with a positive sum")
         return self
+
+    def phases(self) -> list[tuple[int, int, int]]:
+        """(seq_len, steps, blocks per micro-batch per process) of each phase."""
+        tokens = self.batch_size * self.seq_len
+        return [(p.seq_len, p.steps, tokens // p.seq_len) for p in self.curriculum] or [(self.seq_len, self.max_steps, self.batch_size)]
+
+    def launched(self) -> bool:
+        return self.num_processes > 1 or self.accelerate_config is not None
+
+
+def input_files(config: Config, recipe_dir: Path) -> list[Path]:
+    from hfpipe.stages._pretrain_launch import accelerate_config_path
+
+    return [accelerate_config_path(config.accelerate_config or "ddp", recipe_dir)] if config.launched() else []
 
 
 def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
-    import numpy as np
+    if config.launched() and not os.environ.get("HFPIPE_PRETRAIN_WORKER"):
+        from hfpipe.stages._pretrain_launch import launch
+
+        return launch(config, inputs, out_dir)
+    return train(config, inputs, out_dir)
+
+
+def train(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, get_scheduler, set_seed
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, set_seed
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    from hfpipe.corpus import iter_texts
+    from hfpipe.stages import _pretrain_checkpoint as ckpt
+    from hfpipe.stages._pretrain_data import BlockSampler, domain_key, load_corpus, pack, unigram_entropy
+    from hfpipe.stages._pretrain_optim import build_optimizer, build_scheduler, check_trackers, finite, flops_per_token
 
+    check_trackers(config.report_to)
     set_seed(inputs.seed)
     AcceleratorState._reset_state()  # an earlier stage in this process may have fixed another mixed_precision (as Trainer does)
     accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
-                              mixed_precision=config.mixed_precision)
+                              mixed_precision=config.mixed_precision, log_with=config.report_to or None,
+                              project_dir=out_dir / "trackers" if config.report_to else None,
+                              cpu=config.launched() and not torch.cuda.is_available())
     tokenizer = AutoTokenizer.from_pretrained(inputs.upstream["tokenizer"] / "tokenizer")
     bos, eos = tokenizer.convert_tokens_to_ids(BOS_TOKEN), tokenizer.convert_tokens_to_ids(EOS_TOKEN)
+    n_proc, rank = accelerator.num_processes, accelerator.process_index
 
-    # ---------------------------------------------------------------- tokenize, join, split, pack
-    texts = list(iter_texts(inputs.upstream["data"]))
-    if not texts:
-        raise HfpipeError(f"pretrain: no non-empty 'text' in {inputs.upstream['data'] / 'data'}", 1)
-    ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-    order = np.random.default_rng(inputs.seed).permutation(len(ids))  # shuffle docs so val matches train's mix
-    stream = np.concatenate([np.asarray([bos] + ids[i], dtype=np.int64) for i in order])
-    n_val = int(len(stream) * config.val_fraction)
-
-    def pack(tokens):
-        n = len(tokens) // config.seq_len
-        return torch.from_numpy(tokens[: n * config.seq_len].reshape(n, config.seq_len).copy())
-
-    train_blocks, val_blocks = pack(stream[: len(stream) - n_val]), pack(stream[len(stream) - n_val:])
-    if len(val_blocks) == 0 or len(train_blocks) < config.batch_size * accelerator.num_processes:
-        raise HfpipeError(f"pretrain: {len(stream)} tokens give {len(train_blocks)} train / {len(val_blocks)} val "
-                          f"blocks of seq_len={config.seq_len}: too few for batch_size={config.batch_size}; "
-                          "lower pretrain.seq_len/batch_size, raise val_fraction or add data", 2)
-    val_blocks = val_blocks[: config.eval_blocks]
-    counts = np.bincount(val_blocks[:, 1:].numpy().ravel(), minlength=len(tokenizer))
-    freq = counts[counts > 0] / counts.sum()
-    unigram_entropy = float(-(freq * np.log(freq)).sum())  # nats/token of the best unigram model *fit on val itself*
+    # ---------------------------------------------------------------- tokenize per domain, split, pack
+    corpus = load_corpus(inputs.upstream["data"], tokenizer, bos, inputs.seed, config.val_fraction)
+    missing = sorted(set(config.mixture) - set(corpus.domains))
+    if missing:
+        raise HfpipeError(f"pretrain.mixture: domain(s) {', '.join(missing)} not in the data (it has: "
+                          f"{', '.join(corpus.domains)})", 2)
+    phases = config.phases()
+    val_blocks = {d: pack(corpus.val[d], config.seq_len)[: config.eval_blocks] for d in corpus.domains}
+    val_blocks = {d: b for d, b in val_blocks.items() if len(b)}  # a domain too small for one block has no val loss
+    train_blocks = [{d: pack(corpus.train[d], L) for d in corpus.domains} for L, _, _ in phases]
+    for (L, _, micro), blocks in zip(phases, train_blocks):
+        pools = [blocks[d] for d in (config.mixture or blocks) if config.mixture.get(d, 1) > 0]
+        if not val_blocks or any(len(b) == 0 for b in pools) or sum(map(len, pools)) < micro * n_proc:
+            raise HfpipeError(f"pretrain: {sum(len(t) for t in corpus.train.values())} train tokens give "
+                              f"{sum(map(len, pools))} train / {sum(map(len, val_blocks.values()))} val blocks of "
+                              f"seq_len={L}: too few for a micro-batch of {micro}; lower pretrain.seq_len/batch_size, "
+                              "raise val_fraction or add data", 2)
+    all_val = torch.cat(list(val_blocks.values()))
+    baseline = unigram_entropy(all_val, len(tokenizer))
 
     # ---------------------------------------------------------------- model, optimizer, schedule
     m = config.model
@@ -119,98 +186,150 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     kwargs = dict(vocab_size=len(tokenizer), hidden_size=m.hidden_size, num_hidden_layers=m.num_hidden_layers,
                   num_attention_heads=m.num_attention_heads, num_key_value_heads=m.num_key_value_heads,
                   intermediate_size=m.intermediate_size, tie_word_embeddings=m.tie_word_embeddings,
-                  max_position_embeddings=config.seq_len, bos_token_id=bos, eos_token_id=eos,
-                  pad_token_id=tokenizer.pad_token_id)
+                  max_position_embeddings=max(L for L, _, _ in [(config.seq_len, 0, 0), *phases]),
+                  bos_token_id=bos, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
     try:
         model_config = AutoConfig.for_model(m.model_type, **{**kwargs, **m.config_overrides})
         model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32)
     except (ValueError, KeyError, TypeError) as e:
         raise HfpipeError(f"pretrain.model: cannot build a '{m.model_type}' causal LM: {str(e).splitlines()[0][:300]}", 2) from e
-    n_params = sum(p.numel() for p in model.parameters())
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate,
-                                  betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps)
-    schedule = {"cosine": "cosine_with_min_lr", "linear": "linear", "constant": "constant_with_warmup"}[config.lr_schedule]
-    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.max_steps,
-                              scheduler_specific_kwargs={"min_lr_rate": config.min_lr_ratio} if config.lr_schedule == "cosine" else None)
+    n_params, flops_tok = sum(p.numel() for p in model.parameters()), flops_per_token(model, config.seq_len)
+    optimizer = build_optimizer(config, model)
+    scheduler = build_scheduler(config, optimizer)
     model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler is stepped by hand, once per optimizer step
 
-    # ---------------------------------------------------------------- data order: reshuffled each epoch, sharded per process
-    def batches():
-        g, epoch = torch.Generator().manual_seed(inputs.seed), 0
-        while True:
-            local = torch.randperm(len(train_blocks), generator=g)[accelerator.process_index::accelerator.num_processes]
-            for i in range(0, len(local) - config.batch_size + 1, config.batch_size):
-                yield epoch, train_blocks[local[i: i + config.batch_size]].to(accelerator.device)
-            epoch += 1
+    # ---------------------------------------------------------------- resume from the last complete checkpoint
+    weights = {d: w for d, w in config.mixture.items()} or None
+    samplers = [BlockSampler(blocks, L, inputs.seed, i, weights) for i, ((L, _, _), blocks) in enumerate(zip(phases, train_blocks))]
+    progress = ckpt.TrainingProgress(samplers)
+    accelerator.register_for_checkpointing(scheduler, progress)
+    ckpt_root = out_dir / "checkpoints"
+    done, resumed_from = ckpt.complete(ckpt_root), 0
+    if done:
+        accelerator.load_state(str(done[-1]))
+        resumed_from = progress.step
+        accelerator.print(f"pretrain: resuming from {done[-1]} (step {resumed_from}/{config.max_steps})")
 
-    @torch.no_grad()
-    def evaluate():
-        model.eval()
-        losses = [model(input_ids=x, labels=x).loss.float()
-                  for x in val_blocks.to(accelerator.device).split(config.batch_size)]
-        model.train()
-        return torch.stack(losses).mean().item()  # every process scores the same blocks
-
-    # ---------------------------------------------------------------- train
+    # ---------------------------------------------------------------- curves (kept up to the checkpoint on resume)
     out_dir.mkdir(parents=True, exist_ok=True)
-    curves, rows = out_dir / "curves.jsonl", []
-    curves.write_text("")
+    curves = out_dir / "curves.jsonl"
+    rows = [r for r in read_rows(curves) if r["step"] <= resumed_from] if resumed_from else []
+    if accelerator.is_main_process:
+        curves.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if config.report_to:
+        accelerator.init_trackers(f"hfpipe-{inputs.recipe_name}-pretrain",
+                                  config={k: v for k, v in config.model_dump().items() if isinstance(v, (int, float, str))})
 
     def log(row):  # appended as it happens: `tail -f curves.jsonl` follows a run, a crash keeps its curve
         rows.append(row)
         if accelerator.is_main_process:
             with curves.open("a") as f:
                 f.write(json.dumps(row) + "\n")
+        if config.report_to:
+            accelerator.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
-    tokens_per_step = config.batch_size * config.seq_len * config.gradient_accumulation_steps * accelerator.num_processes
-    data, train_s, window_s, window_loss, epoch = batches(), 0.0, 0.0, 0.0, 0
-    val_loss = last_train_loss = float("nan")
+    @torch.no_grad()
+    def evaluate() -> dict:
+        model.eval()
+        out = {}
+        for d, blocks in val_blocks.items():
+            losses = [model(input_ids=x, labels=x).loss.float() for x in blocks.to(accelerator.device).split(config.batch_size)]
+            out[d] = torch.stack(losses).mean().item()  # every process scores the same blocks
+        model.train()
+        total = sum(out[d] * len(val_blocks[d]) for d in out) / sum(len(b) for b in val_blocks.values())
+        return {"val_loss": total, **{f"val_loss_{domain_key(d)}": v for d, v in out.items()}}
+
+    # ---------------------------------------------------------------- train
+    tokens_per_step = config.batch_size * config.seq_len * config.gradient_accumulation_steps * n_proc
+    ends = [sum(s for _, s, _ in phases[: i + 1]) for i in range(len(phases))]
+    s, val = progress.sums, {}
     model.train()
-    for step in range(1, config.max_steps + 1):
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=accelerator.device)
-        for _ in range(config.gradient_accumulation_steps):
-            epoch, x = next(data)
-            with accelerator.accumulate(model):  # syncs (and lets the optimizer step) on the last micro-batch
-                loss = model(input_ids=x, labels=x).loss
-                accelerator.backward(loss)
-            loss_sum += loss.detach()
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        train_loss, grad = (loss_sum / config.gradient_accumulation_steps).item(), float(grad_norm)
-        if not (math.isfinite(train_loss) and math.isfinite(grad)):
-            raise HfpipeError(f"pretrain: non-finite training at step {step} (loss={train_loss}, grad_norm={grad}); "
-                              f"lower pretrain.learning_rate (now {config.learning_rate}) or raise warmup_steps", 1)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        dt = time.perf_counter() - t0
-        train_s, window_s, window_loss = train_s + dt, window_s + dt, window_loss + train_loss
-        if step % config.log_interval == 0 or step == config.max_steps:
-            n = config.log_interval if step % config.log_interval == 0 else step % config.log_interval
-            log({"step": step, "train_loss": window_loss / n, "lr": scheduler.get_last_lr()[0], "grad_norm": grad,
-                 "tokens_per_s": n * tokens_per_step / window_s, "epoch": epoch})
-            window_s, window_loss, last_train_loss = 0.0, 0.0, rows[-1]["train_loss"]
-        if step % config.eval_interval == 0 or step == config.max_steps:
-            val_loss = evaluate()
-            log({"step": step, "val_loss": val_loss})
-            accelerator.print(f"pretrain step {step}/{config.max_steps} train_loss {last_train_loss:.4f} val_loss {val_loss:.4f}")
+    with ckpt.StopFlag() as stop:
+        for step in range(progress.step + 1, config.max_steps + 1):
+            phase = next(i for i, end in enumerate(ends) if step <= end)
+            L, _, micro = phases[phase]
+            t0 = time.perf_counter()
+            loss_sum = torch.zeros((), device=accelerator.device)
+            for _ in range(config.gradient_accumulation_steps):
+                x, dom = samplers[phase].next(micro * n_proc)  # the global micro-batch; this process takes its slice
+                for i, count in enumerate(dom.bincount(minlength=len(corpus.domains)).tolist()):
+                    d = corpus.domains[i]
+                    progress.domain_tokens[d] = progress.domain_tokens.get(d, 0) + count * L
+                x = x[rank * micro: (rank + 1) * micro].to(accelerator.device)
+                with accelerator.accumulate(model):  # syncs (and lets the optimizer step) on the last micro-batch
+                    loss = model(input_ids=x, labels=x).loss
+                    accelerator.backward(loss)
+                loss_sum += loss.detach()
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            if n_proc > 1:
+                loss_sum = accelerator.reduce(loss_sum, reduction="mean")
+            train_loss, grad = (loss_sum / config.gradient_accumulation_steps).item(), float(grad_norm)
+            if not finite(train_loss, grad):
+                raise HfpipeError(f"pretrain: non-finite training at step {step} (loss={train_loss}, grad_norm={grad}); "
+                                  f"lower pretrain.learning_rate (now {config.learning_rate}) or raise warmup_steps", 1)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            dt = time.perf_counter() - t0
+            progress.step = step
+            s["train_s"] += dt
+            s["window_s"] += dt
+            s["window_loss"] += train_loss
+            s["window_steps"] += 1
+            if step % config.log_interval == 0 or step == config.max_steps:
+                log({"step": step, "train_loss": s["window_loss"] / s["window_steps"], "lr": scheduler.get_last_lr()[0],
+                     "grad_norm": grad, "tokens_per_s": s["window_steps"] * tokens_per_step / s["window_s"],
+                     "epoch": round(samplers[phase].epochs(), 4), "phase": phase, "seq_len": L, "micro_batch": micro})
+                s.update(window_s=0.0, window_loss=0.0, window_steps=0, last_train_loss=rows[-1]["train_loss"])
+            if step % config.eval_interval == 0 or step == config.max_steps:
+                val = evaluate()
+                s["val_loss"] = val["val_loss"]
+                log({"step": step, **val})
+                accelerator.print(f"pretrain step {step}/{config.max_steps} train_loss {s['last_train_loss']:.4f} "
+                                  f"val_loss {val['val_loss']:.4f}")
+            stopping = stop.signum is not None
+            if n_proc > 1:  # every rank stops at the same step, whichever got the signal
+                stopping = bool(accelerator.reduce(torch.tensor(float(stopping), device=accelerator.device), "sum").item())
+            if step < config.max_steps and (stopping or step % config.checkpoint_interval == 0):
+                where = ckpt.save(accelerator, ckpt_root, step, config.keep_checkpoints)
+                if stopping:
+                    raise ckpt.TrainingInterrupted(stop.signum or 15, step, where)
+    if not val:  # resumed at the very end: the last validation happened before the checkpoint
+        val = evaluate()
     if accelerator.is_main_process:
-        plot(rows, unigram_entropy, out_dir / "curves.png")
+        plot(rows, baseline, out_dir / "curves.png")
 
     # ---------------------------------------------------------------- save
+    folder = out_dir / "model"
+    state_dict = accelerator.get_state_dict(model)  # gathers FSDP / ZeRO-3 shards (every rank takes part)
     model = accelerator.unwrap_model(model)
     model.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=[eos, bos], pad_token_id=tokenizer.pad_token_id)
-    folder = out_dir / "model"
     if accelerator.is_main_process:
-        save_model(model, tokenizer, folder)
+        if accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
+            model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
+            tokenizer.save_pretrained(folder)
+        else:
+            save_model(model, tokenizer, folder)
         check(folder)
-    return {"n_params": n_params, "train_tokens": config.max_steps * tokens_per_step, "steps": config.max_steps,
-            "epochs": round(config.max_steps * tokens_per_step / (len(train_blocks) * config.seq_len), 3),
-            "train_loss": last_train_loss, "val_loss": val_loss, "unigram_entropy_baseline": unigram_entropy,
-            "tokens_per_s": round(config.max_steps * tokens_per_step / train_s, 1), "train_s": round(train_s, 2)}
+        if not config.keep_checkpoints_when_done:
+            shutil.rmtree(ckpt_root, ignore_errors=True)
+    if config.report_to:
+        accelerator.end_training()
+    accelerator.wait_for_everyone()
+    total_tokens = config.max_steps * tokens_per_step
+    return {"n_params": n_params, "flops_per_token": flops_tok, "train_tokens": total_tokens, "steps": config.max_steps,
+            "phases": len(phases), "resumed_from_step": resumed_from, "num_processes": n_proc,
+            "epochs": round(total_tokens / sum(len(t) for t in corpus.train.values()), 3),
+            "train_loss": s["last_train_loss"], **val, "unigram_entropy_baseline": baseline,
+            **{f"mixture_{domain_key(d)}": round(n / total_tokens, 4) for d, n in sorted(progress.domain_tokens.items())},
+            "tokens_per_s": round(total_tokens / s["train_s"], 1),  # train_s: step time summed over runs
+            "train_s": round(s["train_s"], 2)}
+
+
+def read_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def plot(rows: list[dict], baseline: float, path: Path) -> None:
@@ -220,14 +339,20 @@ def plot(rows: list[dict], baseline: float, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax, ax_lr) = plt.subplots(1, 2, figsize=(10, 4))
-    for key in ("train_loss", "val_loss"):
+    keys = ["train_loss", "val_loss"] + sorted({k for r in rows for k in r if k.startswith("val_loss_")})
+    for key in keys:
         pts = [(r["step"], r[key]) for r in rows if key in r]
-        ax.plot(*zip(*pts), marker="." if key == "val_loss" else None, label=key)
-    ax.axhline(baseline, color="gray", linestyle="--", label="unigram entropy (val)")
+        ax.plot(*zip(*pts), marker="." if key != "train_loss" else None, linestyle="--" if key.startswith("val_loss_") else "-",
+                label=key)
+    ax.axhline(baseline, color="gray", linestyle=":", label="unigram entropy (val)")
     ax.set(xlabel="step", ylabel="loss (nats/token)", title="pretrain loss")
-    ax.legend()
-    ax_lr.plot(*zip(*[(r["step"], r["lr"]) for r in rows if "lr" in r]))
-    ax_lr.set(xlabel="step", ylabel="learning rate", title="schedule")
+    ax.legend(fontsize=7)
+    train = [r for r in rows if "lr" in r]
+    ax_lr.plot([r["step"] for r in train], [r["lr"] for r in train], label="learning rate")
+    ax_lr.set(xlabel="step", ylabel="learning rate", title="schedule and context length")
+    ax_len = ax_lr.twinx()
+    ax_len.step([r["step"] for r in train], [r["seq_len"] for r in train], color="tab:orange", where="post")
+    ax_len.set_ylabel("seq_len (tokens)", color="tab:orange")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -242,3 +367,13 @@ def check(folder: Path) -> None:
     out = model.generate(**prompt, max_new_tokens=1, do_sample=False)
     if out.shape[1] != prompt["input_ids"].shape[1] + 1:
         raise HfpipeError(f"pretrain self-check: the model saved in {folder} does not generate", 1)
+
+
+if __name__ == "__main__":  # a rank started by `accelerate launch` (see _pretrain_launch)
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m hfpipe.stages.pretrain")
+    parser.add_argument("--worker", required=True, help="worker.json written by the stage")
+    from hfpipe.stages._pretrain_launch import worker_main
+
+    sys.exit(worker_main(parser.parse_args().worker))

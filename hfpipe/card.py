@@ -179,15 +179,22 @@ def _eval_facts(results: Any) -> tuple[list[dict], list, str | None]:
 
 def _stage_facts(stage: str, folder: Path, asset_prefix: str, assets: dict[str, Path]) -> dict[str, Any]:
     manifest = _manifest(folder)
-    metrics, cut = _rows(manifest["metrics"]) if isinstance(manifest.get("metrics"), dict) else ([], 0)
+    shown = manifest.get("metrics") if isinstance(manifest.get("metrics"), dict) else None
+    if stage == "tokenizer" and shown:  # its per-group numbers get their own table (report.json)
+        shown = {k: v for k, v in shown.items() if k != "heldout"}
+    metrics, cut = _rows(shown) if shown is not None else ([], 0)
     config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
     method = next((config[k] for k in ("method", "loss_type", "algorithm") if isinstance(config.get(k), str)), None)
     facts = {"name": stage, "has_manifest": bool(manifest), "fingerprint": manifest.get("fingerprint"),
              "wall": _wall(manifest.get("wall_s")), "metrics": metrics, "metrics_cut": cut, "method": method,
-             "stats": None, "curves": None, "cite": None}
+             "stats": None, "curves": None, "cite": None, "tokenizer_report": None}
     if stage == "data":
         stats = _read_json(folder / "stats.json")
         facts["stats"] = _tables(stats) if isinstance(stats, dict) else None
+    if stage == "tokenizer":
+        from hfpipe.tokenizer_report import card_facts
+
+        facts["tokenizer_report"] = card_facts(_read_json(folder / "report.json"))
     if (folder / "curves.png").is_file():
         link = f"{asset_prefix}_{stage}_curves.png"
         assets[link] = folder / "curves.png"

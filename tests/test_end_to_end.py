@@ -84,3 +84,45 @@ def test_card_command_rerenders(tiny_run):
     (work / "cards" / "tiny.md").unlink()
     res = hfpipe("card", str(TINY), work=work)
     assert res.returncode == 0 and (work / "cards" / "tiny.md").is_file()
+
+
+def test_chat_template_is_byte_identical_from_tokenizer_to_export(tiny_run):
+    """One chat template (by sha256 and by rendered bytes) in the tokenizer, every model stage, eval and the export."""
+    import hashlib
+
+    from transformers import AutoTokenizer
+
+    work, _, _ = tiny_run
+    runs = work / "runs" / "tiny"
+    folder = {s: next(runs.glob(f"{s}-*")) for s in ("tokenizer", "pretrain", "sft", "preference", "eval", "deploy")}
+    tokenizers = {"tokenizer": folder["tokenizer"] / "tokenizer", "pretrain": folder["pretrain"] / "model",
+                  "sft": folder["sft"] / "model", "preference": folder["preference"] / "model",
+                  "deploy": folder["deploy"] / "export"}
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"},
+            {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And of Peru? 🙂"}]
+    shas, rendered = {}, {}
+    for stage, path in tokenizers.items():
+        tok = AutoTokenizer.from_pretrained(path)
+        shas[stage] = hashlib.sha256(tok.chat_template.encode()).hexdigest()
+        rendered[stage] = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True).encode()
+    expected = json.loads((folder["tokenizer"] / "manifest.json").read_text())["metrics"]["chat_template_sha256"]
+    assert set(shas.values()) == {expected}, shas
+    assert len(set(rendered.values())) == 1 and b"<|im_start|>assistant\n" in rendered["deploy"]
+    results = json.loads((folder["eval"] / "results.json").read_text())
+    assert results["chat_template_sha256"] == expected  # eval applied the same template (eval.apply_chat_template)
+    card = (work / "cards" / "tiny.md").read_text()
+    assert expected in card
+
+
+def test_card_has_the_tokenizer_fertility_table(tiny_run):
+    work, _, _ = tiny_run
+    card = (work / "cards" / "tiny.md").read_text()
+    assert "#### Tokenizer report" in card
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in card.splitlines()
+            if line.startswith(("| language |", "| domain |"))]
+    languages = {r[1] for r in rows if r[0] == "language"}
+    domains = {r[1] for r in rows if r[0] == "domain"}
+    assert len(languages) >= 3 and len(domains) >= 2, (languages, domains)
+    assert all(len(r) == 11 and all(r) for r in rows), "a cell is empty (reference tokenizer missing?)"
+    for r in rows:  # bytes/token and tokens/word, ours and the reference's, are positive numbers
+        assert all(float(v) > 0 for v in r[3:7])

@@ -187,7 +187,7 @@ def _stage_facts(stage: str, folder: Path, asset_prefix: str, assets: dict[str, 
     method = next((config[k] for k in ("method", "loss_type", "algorithm") if isinstance(config.get(k), str)), None)
     facts = {"name": stage, "has_manifest": bool(manifest), "fingerprint": manifest.get("fingerprint"),
              "wall": _wall(manifest.get("wall_s")), "metrics": metrics, "metrics_cut": cut, "method": method,
-             "stats": None, "curves": None, "cite": None, "tokenizer_report": None}
+             "stats": None, "curves": None, "mixture": None, "cite": None, "tokenizer_report": None}
     if stage == "data":
         stats = _read_json(folder / "stats.json")
         facts["stats"] = _tables(stats) if isinstance(stats, dict) else None
@@ -199,6 +199,10 @@ def _stage_facts(stage: str, folder: Path, asset_prefix: str, assets: dict[str, 
         link = f"{asset_prefix}_{stage}_curves.png"
         assets[link] = folder / "curves.png"
         facts["curves"] = link
+    if (folder / "mixture.png").is_file():
+        link = f"{asset_prefix}_{stage}_mixture.png"
+        assets[link] = folder / "mixture.png"
+        facts["mixture"] = link
     if stage in STAGES:
         try:
             cite = getattr(load_module(stage), "CARD", None)

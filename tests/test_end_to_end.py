@@ -49,6 +49,8 @@ def test_tiny_recipe_runs_every_stage_and_writes_a_card(tiny_run):
         fp = next((work / "runs" / "tiny").glob(f"{stage}-*")).name.split("-")[1]
         assert fp in text, f"{stage} fingerprint not in the card"
     assert "name: tiny" in text  # the resolved recipe is embedded
+    for image in ("tiny_data_mixture.png", "tiny_pretrain_curves.png"):
+        assert f"]({image})" in text and (work / "cards" / image).stat().st_size > 1000
     print(f"tiny recipe end to end: {wall:.0f}s")
 
 

@@ -81,11 +81,13 @@ def test_low_quality_prose_dropped_with_reason(tiny_run):
 def test_python_code_kept(tiny_run):
     out, metrics, docs = tiny_run
     code = {d["metadata"]["path"]: d["text"] for d in docs if d["metadata"]["domain"] == "code"}
-    # short modules that Gopher's 50-word minimum would drop as prose survive: code has no prose chain
+    # short modules that Gopher's 50-word minimum would drop as prose survive: code gets only code filters
     assert code["__phello__/__init__.py"].startswith("initialized = True")
     assert "def dedent(text):" in code["textwrap.py"]
     assert metrics["docs_out_code"] == len(code) == 21
-    assert not any(s["step"].startswith("code:") for s in json.loads((out / "stats.json").read_text())["steps"])
+    steps = json.loads((out / "stats.json").read_text())["steps"]
+    assert [s["step"] for s in steps if s["step"].startswith("code:")] == [
+        "code:malware", "code:secrets", "code:code_quality", "code:license_header"]
 
 
 def test_metadata_on_every_doc(tiny_run):
@@ -273,3 +275,32 @@ def test_chain_dropping_a_whole_domain_names_the_step_and_keeps_stats(make_input
         data.run(data.Config(sources=sources), make_inputs(recipe_dir=RECIPES), tmp_path / "out")
     stats = json.loads((tmp_path / "out/stats.json").read_text())  # what was measured so far is kept
     assert any(s["step"] == "prose:gopher_quality" and s["docs_out"] == 0 for s in stats["steps"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the hfpipe.data_steps filters wired as named chain steps
+
+
+def test_code_and_prose_chains_drop_malware_secrets_contamination_and_redact_pii(make_inputs, tmp_path):
+    from hfpipe.data_steps import EICAR
+
+    raw = _copy_code(tmp_path, n=4)
+    (raw / "eicar_test.py").write_text(f"SIGNATURE = r'{EICAR}'\n")
+    shutil.copy(REPO / "tests/fixtures/pii_config.py", raw / "pii_config.py")
+    item = json.loads((REPO / "hfpipe/tasks/capitals/test.jsonl").read_text().splitlines()[40])
+    leaked = (f"Quiz night notes.\nQuestion: What is the capital of {item['country']}?\n"
+              f"Answer: {item['choices'][item['answer']]}\n" + (TINY / "moby-dick" / "chapter_2.txt").read_text())
+    contact = "Write to the clerk at clerk@example.com or call +1 555 555 0142.\n" + (TINY / "moby-dick" / "chapter_3.txt").read_text()
+    prose = tmp_path / "prose.jsonl"
+    prose.write_text("".join(json.dumps({"text": t}) + "\n" for t in (leaked, contact)))
+    config = data.Config(
+        sources=[_code_source(raw), {**SOURCES[0], "path": str(prose)}],
+        chains={"code": ["malware", "secrets", "code_quality", "license_header"], "prose": ["decontaminate", "pii"]})
+    metrics = data.run(config, make_inputs(recipe_dir=RECIPES), tmp_path / "out")
+    docs = read_output(tmp_path / "out")
+    origins = {Path(d["metadata"]["origin"]).name for d in docs if d["metadata"]["domain"] == "code"}
+    assert "eicar_test.py" not in origins and "pii_config.py" not in origins  # malware, then the secrets filter
+    assert len(origins) == 4  # real stdlib code survives the code chain
+    assert metrics["docs_dropped_malware_eicar"] == 1 and metrics["docs_out_prose"] == 1
+    text = next(d["text"] for d in docs if d["metadata"]["domain"] == "prose")
+    assert "clerk@example.com" not in text and "<EMAIL>" in text and "<PHONE>" in text

@@ -112,12 +112,29 @@ class Ray(StageConfig):
     mem_per_cpu_gb: float = Field(2, gt=0, description="GB of memory per CPU")
 
 
+class CodeFilter(StageConfig):
+    """Settings of step code_quality (hfpipe.data_steps.CodeQualityFilter)."""
+
+    max_line_length: int = Field(1000, ge=1, description="characters; any longer line marks generated/minified code")
+    max_avg_line_length: float = Field(100, gt=0, description="characters; mean line length ceiling (minified code)")
+    min_alnum_fraction: float = Field(0.25, ge=0, le=1, description="floor on the alphanumeric share of characters")
+    autogen_header_lines: int = Field(5, ge=0, description="leading lines searched for 'auto-generated' markers")
+
+
 class Config(StageConfig):
     sources: tuple[Source, ...] = Field(min_length=1, description="raw inputs; a doc's metadata says which one")
     chains: dict[str, tuple[str, ...]] = Field(
-        default_factory=lambda: {"prose": ("gopher_quality",), "web": ("gopher_quality",)},
+        default_factory=lambda: {"prose": ("decontaminate", "gopher_quality"), "web": ("decontaminate", "gopher_quality"),
+                                 "code": ("malware", "secrets", "code_quality", "license_header")},
         description="domain -> filter steps in order (cheapest first); unlisted domains pass unfiltered")
     quality: QualityFilter = Field(default_factory=QualityFilter, description="settings of step gopher_quality")
+    code: CodeFilter = Field(default_factory=CodeFilter, description="settings of step code_quality")
+    quality_threshold: float = Field(0.5, ge=0, le=1, description="step quality_classifier: docs scoring below it "
+                                     "(probability of 'good prose' from the bundled classifier) are dropped")
+    decontamination_ngrams: int = Field(13, ge=3, description="step decontaminate: n-gram length matched against the "
+                                        "bundled eval items (shorter items are matched whole)")
+    keep_languages: tuple[str, ...] = Field((), description="step language_id: ISO 639-1 codes to keep; empty = "
+                                            "only tag metadata.detected_language")
     extract_timeout_s: float = Field(5, gt=0, description="seconds per HTML page for trafilatura before skipping it")
     dedup: bool = Field(True, description="drop exact duplicates (same text) across all sources, keeping one")
     balance: Balance = Field(default_factory=Balance, description="mixture shares per domain and language")
@@ -160,7 +177,43 @@ def _gopher_quality(config: Config):
     return GopherQualityFilter(**config.quality.model_dump())
 
 
-STEP_BUILDERS = {"gopher_quality": _gopher_quality}
+def _datatrove_filter(name: str):
+    def build(config: Config):
+        from datatrove.pipeline import filters
+
+        return getattr(filters, name)(language=config.quality.language)
+
+    return build
+
+
+def _step(name: str, **kwargs_from_config):
+    """A step of hfpipe.data_steps, its constructor arguments read from the config by the given functions."""
+
+    def build(config: Config):
+        from hfpipe import data_steps
+
+        return getattr(data_steps, name)(**{k: f(config) for k, f in kwargs_from_config.items()})
+
+    return build
+
+
+STEP_BUILDERS = {
+    # prose / web (datatrove's own filters)
+    "gopher_quality": _gopher_quality,
+    "fineweb": _datatrove_filter("FineWebQualityFilter"),
+    "c4": _datatrove_filter("C4QualityFilter"),
+    "gopher_repetition": _datatrove_filter("GopherRepetitionFilter"),
+    "quality_classifier": _step("QualityClassifierFilter", threshold=lambda c: c.quality_threshold),
+    "decontaminate": _step("EvalDecontaminationFilter", n_grams=lambda c: c.decontamination_ngrams),
+    "language_id": _step("LanguageTagger", languages=lambda c: list(c.keep_languages) or None,
+                         key=lambda c: "detected_language"),
+    "pii": _step("PIIRedactor"),
+    # code
+    "malware": _step("MalwareSignatureFilter"),
+    "code_quality": _step("CodeQualityFilter", **{k: (lambda c, k=k: getattr(c.code, k)) for k in CodeFilter.model_fields}),
+    "secrets": _step("SecretsFilter"),
+    "license_header": _step("LicenseHeaderTagger"),
+}
 
 
 def domain_steps(domain: str, config: Config) -> list[tuple[str, object]]:

@@ -18,21 +18,17 @@ def data_files(stage_dir: Path) -> list[Path]:
     return files
 
 
-def iter_texts(stage_dir: Path, max_bytes: int | None = None) -> Iterator[str]:
-    """Every document's text, shard by shard, stopping once ``max_bytes`` UTF-8 bytes have been yielded."""
-    total = 0
+def iter_documents(stage_dir: Path) -> Iterator[tuple[str, dict]]:
+    """(text, metadata) of every non-empty document, shard by shard; a line that is not a document is an error."""
     for path in data_files(stage_dir):
         with gzip.open(path, "rt", encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
                 try:
-                    text = json.loads(line)["text"]
-                except (ValueError, KeyError, TypeError) as e:
+                    row = json.loads(line)
+                    text, meta = row["text"], row.get("metadata")
+                except (ValueError, KeyError, TypeError, AttributeError) as e:
                     raise HfpipeError(f"{path}:{lineno}: not a JSON document with a 'text' field ({type(e).__name__})", 1) from e
-                if not isinstance(text, str) or not text:
-                    continue
-                yield text
-                total += len(text.encode("utf-8"))
-                if max_bytes is not None and total >= max_bytes:
-                    return
+                if isinstance(text, str) and text:
+                    yield text, meta if isinstance(meta, dict) else {}

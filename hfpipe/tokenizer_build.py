@@ -39,25 +39,10 @@ class Doc:
 
 def read_docs(stage_dir: Path) -> list[Doc]:
     """Every non-empty document of the data stage with its language/domain metadata ("unknown" when absent)."""
-    import gzip
+    from hfpipe.corpus import iter_documents
 
-    from hfpipe.corpus import data_files
-
-    docs = []
-    for path in data_files(stage_dir):
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    text, meta = row["text"], row.get("metadata") or {}
-                except (ValueError, KeyError, TypeError, AttributeError) as e:
-                    raise HfpipeError(f"{path}:{lineno}: not a JSON document with a 'text' field ({type(e).__name__})", 1) from e
-                if isinstance(text, str) and text:
-                    docs.append(Doc(text, str(meta.get("language") or "unknown"), str(meta.get("domain") or "unknown"),
-                                    str(meta.get("source") or "")))
-    return docs
+    return [Doc(text, str(meta.get("language") or "unknown"), str(meta.get("domain") or "unknown"),
+                str(meta.get("source") or "")) for text, meta in iter_documents(stage_dir)]
 
 
 def read_jsonl_docs(path: Path) -> list[Doc]:

@@ -12,13 +12,11 @@ takes its own slice of each global micro-batch: one process with batch 2B sees t
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from hfpipe.corpus import data_files
+from hfpipe.corpus import iter_documents
 from hfpipe.errors import HfpipeError
 
 
@@ -29,18 +27,8 @@ def domain_key(domain: str) -> str:
 
 def iter_docs(stage_dir: Path):
     """(domain, text) for every non-empty document of the data stage's output."""
-    for path in data_files(stage_dir):
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    doc = json.loads(line)
-                    text = doc["text"]
-                except (ValueError, KeyError, TypeError) as e:
-                    raise HfpipeError(f"{path}:{lineno}: not a JSON document with a 'text' field ({type(e).__name__})", 1) from e
-                if isinstance(text, str) and text:
-                    yield str((doc.get("metadata") or {}).get("domain") or "unknown"), text
+    for text, meta in iter_documents(stage_dir):
+        yield str(meta.get("domain") or "unknown"), text
 
 
 @dataclass

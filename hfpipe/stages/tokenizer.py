@@ -113,7 +113,6 @@ def input_files(config: Config, recipe_dir: Path) -> list[Path]:
 
 
 def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
-    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
     from hfpipe import tokenizer_build as tb

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from hfpipe.errors import HfpipeError
+from hfpipe.stages import resolve_path
 
 BUNDLED_PREFIX = "hfpipe:"
 BUNDLED_DIR = Path(__file__).parent / "datasets"
@@ -32,8 +33,7 @@ def resolve_dataset(name: str, recipe_dir: Path, key: str = "dataset") -> Path:
             have = ", ".join(BUNDLED_PREFIX + p.name for p in sorted(BUNDLED_DIR.glob("*.jsonl")))
             raise HfpipeError(f"{key}: no bundled dataset '{name}' (bundled: {have})", 2)
         return path
-    path = Path(name).expanduser()
-    path = path if path.is_absolute() else recipe_dir / path
+    path = resolve_path(name, recipe_dir)
     if not path.is_file():
         raise HfpipeError(f"{key}: dataset file '{name}' not found (resolved to {path})", 2)
     return path

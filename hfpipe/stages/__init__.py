@@ -46,6 +46,12 @@ class BaseModelRef(BaseModel):
     trust_remote_code: bool = False
 
 
+def resolve_path(p: str | Path, recipe_dir: Path) -> Path:
+    """A path written in a recipe: ``~`` expanded; relative paths are relative to the recipe file's folder."""
+    p = Path(p).expanduser()
+    return p if p.is_absolute() else Path(recipe_dir) / p
+
+
 @dataclass(frozen=True)
 class Inputs:
     """What the runner hands a stage: resolved upstream folders and recipe-level context."""
@@ -61,9 +67,8 @@ class Inputs:
     recipe_yaml: str = ""  # the fully resolved recipe as YAML (for the model card)
 
     def path(self, p: str | Path) -> Path:
-        """Resolve a path written in the recipe: relative paths are relative to the recipe file's folder."""
-        p = Path(p).expanduser()
-        return p if p.is_absolute() else (self.recipe_dir / p)
+        """Resolve a path written in the recipe (see resolve_path)."""
+        return resolve_path(p, self.recipe_dir)
 
     def model_dir(self) -> Path | None:
         """The folder holding the upstream model (``<stage>/model``, saved with save_pretrained), if any."""

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from hfpipe.errors import HfpipeError
-from hfpipe.stages import Inputs
+from hfpipe.stages import Inputs, resolve_path
 
 ACCELERATE_DIR = Path(__file__).resolve().parents[2] / "recipes" / "accelerate"
 SPEC, RESULT = "worker.json", "worker_result.json"
@@ -31,8 +31,7 @@ def accelerate_config_path(name_or_path: str, recipe_dir: Path) -> Path:
             have = ", ".join(sorted(p.stem for p in ACCELERATE_DIR.glob("*.yaml")))
             raise HfpipeError(f"pretrain.accelerate_config: no '{name_or_path}' in {ACCELERATE_DIR} (have: {have})", 2)
         return path
-    path = Path(name_or_path).expanduser()
-    path = path if path.is_absolute() else recipe_dir / path
+    path = resolve_path(name_or_path, recipe_dir)
     if not path.is_file():
         raise HfpipeError(f"pretrain.accelerate_config: file {path} not found", 2)
     return path

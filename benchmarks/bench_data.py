@@ -2,7 +2,9 @@
 and the speed-up of 2 workers (2 tasks) over 1, measured side by side in one run on the same recipe.
 
 The recipe is recipes/starter-data.yaml's data section (every source of data/starter: jsonl.gz, text folders, HTML,
-WARC; trafilatura, Gopher quality, exact dedup, balance). Targets: >= 1 MB/s per core, >= 1.8x with 2 workers.
+WARC; trafilatura; the default chains: language ID, Gopher quality on English, decontamination, PII redaction, the
+code filters; exact + MinHash dedup; balance). Targets: >= 1 MB/s per core, >= 1.8x with 2 workers. The machine's
+load average before and after is recorded: figures taken while other jobs share the cores understate both.
 
 Run: .venv/bin/python benchmarks/bench_data.py [--quick]   (--quick: a third of the corpus)
 """
@@ -50,6 +52,7 @@ def main() -> None:
     from loguru import logger
 
     logger.remove()  # datatrove's per-file INFO logging is not what we time
+    load_before = round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         wall1, m1 = run_once(section, 1, tmp)
@@ -60,7 +63,8 @@ def main() -> None:
     figures = {"input_mb": round(mb, 2), "wall_s_1_worker": round(wall1, 2), "wall_s_2_workers": round(wall2, 2),
                "mb_per_s_per_core": round(per_core, 3), "speedup_2_workers": round(speedup, 3),
                "docs_out": m1["docs_out"], "same_output_docs": m1["docs_out"] == m2["docs_out"],
-               "cpu_count": os.cpu_count()}
+               "cpu_count": os.cpu_count(), "load_avg_1min_before": load_before,
+               "load_avg_1min_after": round(os.getloadavg()[0], 2)}
     targets = [target("data stage MB/s per core (1 worker)", per_core, ">=", 1.0),
                target("speed-up of 2 workers over 1", speedup, ">=", 1.8)]
     notes = ("Both runs use 2 tasks (same shards, same output); only the worker count differs. Raw input bytes "

@@ -25,6 +25,9 @@ from hfpipe.errors import HfpipeError
 
 OTHER = "(other)"  # the group of domains/languages not named in a target, sharing the remaining share
 FITTING_ROUNDS = 200  # row/column down-scaling rounds; converges far sooner on a handful of cells
+# a step's own counters copied into its stats.json row: drop reasons, PII redactions per kind, detected languages,
+# documents a routed step skipped (other domain / language), contamination per task, licence headers found
+COUNTED = ("dropped", "redacted_", "docs_redacted", "language_", "skipped_", "contaminated_", "license_header_")
 
 
 def doc_hash(seed: int, doc_id: str) -> int:
@@ -180,7 +183,7 @@ def step_table(blocks: list[dict], names: list[str | None]) -> list[dict]:
     """Rows {step, docs_in, bytes_in, docs_out, bytes_out, dropped_*} from a metered pipeline's merged stats.
 
     names[i] is "meter:<x>" for a Meter, a label for a reported step, None for readers/writers; each reported step's
-    in/out are the meters before/after it, its drop reasons its own 'dropped*' stats."""
+    in/out are the meters before/after it, plus its own counters named in COUNTED."""
     rows, last, pending = [], None, []
     for name, stats in zip(names, blocks):
         if name is None:
@@ -190,7 +193,7 @@ def step_table(blocks: list[dict], names: list[str | None]) -> list[dict]:
             for label, own in pending:
                 rows.append({"step": label, "docs_in": last[0] if last else now[0],
                              "bytes_in": last[1] if last else now[1], "docs_out": now[0], "bytes_out": now[1],
-                             **{k: int(v) for k, v in sorted(own.items()) if k.startswith("dropped")}})
+                             **{k: int(v) for k, v in sorted(own.items()) if k.startswith(COUNTED)}})
             last, pending = now, []
         else:
             pending.append((name, stats))

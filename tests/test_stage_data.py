@@ -109,7 +109,8 @@ def test_metadata_on_every_doc(tiny_run):
 def test_html_and_warc_boilerplate_stripped(make_inputs, tmp_path):
     sources = [{**HANDBOOK, "name": "html", "path": "../data/starter/web/handbook-html/*/foreword.html"},
                {**HANDBOOK, "name": "warc", "path": "../data/starter/web/handbook.warc.gz", "format": "warc"}]
-    metrics = data.run(data.Config(sources=sources, chains={}), make_inputs(recipe_dir=RECIPES), tmp_path)
+    config = data.Config(sources=sources, chains={}, dedup={"minhash": {"enabled": False}})  # extraction only
+    metrics = data.run(config, make_inputs(recipe_dir=RECIPES), tmp_path)
     docs = read_output(tmp_path)
     raw = (STARTER / "web/handbook-html/en-US/foreword.html").read_text(encoding="utf-8")
     assert "Download the ebook" in raw
@@ -135,6 +136,57 @@ def test_real_crawl_warc_fixture(make_inputs, tmp_path):
     docs = read_output(tmp_path)
     assert docs and all(d["metadata"]["origin"].startswith("http") for d in docs)
     assert any("Internet Assigned Numbers Authority" in d["text"] for d in docs)
+
+
+def test_minhash_near_duplicate_caught_and_distinct_docs_kept(make_inputs, tmp_path):
+    chapters = [(TINY / "moby-dick" / f"chapter_{i}.txt").read_text(encoding="utf-8") for i in range(1, 7)]
+    words = chapters[0].split()
+    for i in (10, 200, 400, 600):  # a few words changed: not an exact duplicate
+        words[i] = "whale"
+    rows = chapters + [" ".join(words), chapters[1]]  # + a near-duplicate of chapter 1, an exact copy of chapter 2
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text("".join(json.dumps({"text": t, "id": f"row{i}"}) + "\n" for i, t in enumerate(rows)))
+    src = {**SOURCES[0], "name": "moby", "path": str(raw)}
+    config = data.Config(sources=[src], chains={}, dedup={"minhash": {"num_buckets": 4}})
+    metrics = data.run(config, make_inputs(recipe_dir=RECIPES), tmp_path / "out")
+    docs = read_output(tmp_path / "out")
+    assert metrics["docs_dropped_duplicate"] == 1 and metrics["docs_dropped_near_duplicate"] == 1
+    assert sorted(d["text"] for d in docs) == sorted(chapters[1:] + [chapters[0] if "row0" in {
+        d["id"].split("/")[1] for d in docs} else " ".join(words)])  # one of the pair kept, every distinct doc kept
+    assert len(docs) == 6
+    steps = {s["step"]: s for s in json.loads((tmp_path / "out/stats.json").read_text())["steps"]}
+    assert steps["dedup:minhash"]["docs_in"] == 7 and steps["dedup:minhash"]["dropped"] == 1
+    assert data.Config(sources=[src], dedup=False).dedup.minhash.enabled is False  # `dedup: false` turns both off
+
+
+def test_default_web_chain_is_language_aware_and_redacts_pii(make_inputs, tmp_path):
+    """Gopher's English rules judge only English pages; ja/ru/zh pages pass it, languages are identified, and the
+    handbook's real e-mail and IP addresses are redacted and counted per kind."""
+    from hfpipe.data_steps import FastGopherQualityFilter
+
+    sources = [{**HANDBOOK, "name": "html", "path": "../data/starter/web/handbook-html/*/[fs]*.html"},
+               {**HANDBOOK, "name": "warc", "path": "../data/starter/web/handbook.warc.gz", "format": "warc"}]
+    metrics = data.run(data.Config(sources=sources), make_inputs(recipe_dir=RECIPES), tmp_path)
+    docs = read_output(tmp_path)
+    steps = {s["step"]: s for s in json.loads((tmp_path / "stats.json").read_text())["steps"]}
+    assert [k for k in steps if k.startswith("web:")] == [
+        "web:extract:trafilatura", "web:language_id", "web:gopher_quality", "web:decontaminate", "web:pii"]
+    foreign = [d for d in docs if d["metadata"]["detected_language"] in ("ja", "ru", "zh")]
+    assert {d["metadata"]["detected_language"] for d in foreign} == {"ja", "ru", "zh"}
+    # translated pages are identified as the language of their locale folder
+    assert all(d["metadata"]["detected_language"] == d["metadata"]["language"] for d in foreign)
+    gopher = steps["web:gopher_quality"]
+    assert gopher["skipped_other_language"] >= len(foreign) and gopher["docs_in"] > gopher["skipped_other_language"]
+    # ...most of which the English rules would have dropped
+    from datatrove.data import Document
+
+    verdicts = [FastGopherQualityFilter().filter(Document(text=d["text"], id=d["id"])) for d in foreign
+                if d["metadata"]["detected_language"] in ("ja", "zh")]
+    assert len(verdicts) >= 4 and sum(v is not True for v in verdicts) > len(verdicts) / 2, verdicts
+    pii = steps["web:pii"]
+    assert pii["redacted_email"] > 0 and pii["redacted_ip"] > 0 and pii["docs_redacted"] > 0
+    assert metrics["pii_redacted_email"] == pii["redacted_email"] and metrics["detected_language_ja"] >= 1
+    assert not any("@debian.org" in d["text"] for d in docs)
 
 
 def test_balance_reaches_domain_and_language_shares(make_inputs, tmp_path):
@@ -304,3 +356,6 @@ def test_code_and_prose_chains_drop_malware_secrets_contamination_and_redact_pii
     assert metrics["docs_dropped_malware_eicar"] == 1 and metrics["docs_out_prose"] == 1
     text = next(d["text"] for d in docs if d["metadata"]["domain"] == "prose")
     assert "clerk@example.com" not in text and "<EMAIL>" in text and "<PHONE>" in text
+    pii = next(s for s in json.loads((tmp_path / "out/stats.json").read_text())["steps"] if s["step"] == "prose:pii")
+    assert pii["redacted_email"] == pii["redacted_phone"] == 1 == metrics["pii_redacted_phone"]
+    assert metrics["docs_dropped_contaminated"] == 1 and metrics["docs_dropped_secret_aws_access_key"] == 1

@@ -5,9 +5,12 @@ library (.py, PSF) as code and data/tiny/sotu.jsonl as prose, about --mb MB in a
 reading the gzip shards, the held-out split, the language/domain sample and training; the direct run is only
 ``Tokenizer.train_from_iterator`` with the same pipeline (byte-level BPE, digit splitting, the same special tokens and
 vocabulary size) on exactly the stage's training sample. Both must learn the same vocabulary and merges.
-Target: stage MB/s / direct MB/s >= 0.95 (best of --reps alternating runs each).
+Target: stage MB/s / direct MB/s >= 0.95 (best of --reps alternating runs each, after one warm-up stage run).
 
-Run: .venv/bin/python benchmarks/bench_tokenizer.py [--mb 4] [--reps 2]
+Profile (cProfile, benchmarks/README.md): of the stage's train_s, reading + held-out split + sampling is ~3% (gzip
+inflate ~0.5 ms/100 kB, JSON ~0.2 ms/100 kB, sha256 of held-out candidates); the rest is train_from_iterator itself.
+
+Run: .venv/bin/python benchmarks/bench_tokenizer.py [--mb 4] [--reps 5]
 """
 
 from __future__ import annotations
@@ -79,15 +82,15 @@ def direct(texts: list[str]) -> tuple[float, str]:
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(vocab_size=VOCAB, min_frequency=2, special_tokens=list(SPECIAL_TOKENS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     tok.train_from_iterator(texts, trainer, length=len(texts))
-    return time.perf_counter() - t0, tok.to_str()
+    return time.perf_counter() - t0, time.process_time() - c0, tok.to_str()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=float, default=4.0, help="corpus size in MB")
-    parser.add_argument("--reps", type=int, default=2, help="alternating runs of each; the best counts")
+    parser.add_argument("--reps", type=int, default=5, help="alternating runs of each; the best counts")
     args = parser.parse_args()
     config = stage.Config(vocab_size=VOCAB, reference=None, bundled_heldout=True)
     with tempfile.TemporaryDirectory() as t:
@@ -98,35 +101,53 @@ def main() -> None:
         texts, _ = sample_mix(train_docs, language_weights={}, domain_weights={}, alpha=1.0, max_bytes=None, seed=SEED)
         n_bytes = sum(len(x.encode("utf-8")) for x in texts)
         inputs = Inputs(recipe_name="bench", seed=SEED, recipe_dir=REPO / "recipes", upstream={"data": tmp / "data_stage"})
-        direct_s, stage_s, stage_wall = [], [], []
-        for rep in range(args.reps):
-            secs, direct_json = direct(texts)
-            direct_s.append(secs)
+        direct_s, stage_s, stage_wall, direct_cpu, stage_cpu = [], [], [], [], []
+
+        def run_stage(rep):
             out = tmp / f"stage{rep}"
             shutil.rmtree(out, ignore_errors=True)
             t0 = time.perf_counter()
             metrics = stage.run(config, inputs, out)
-            stage_wall.append(time.perf_counter() - t0)
-            stage_s.append(metrics["train_s"])
             assert metrics["training_bytes"] == n_bytes, (metrics["training_bytes"], n_bytes)
+            return time.perf_counter() - t0, metrics["train_s"], metrics["train_cpu_s"], out
+
+        run_stage("warmup")  # first call pays imports (transformers' tokenizer classes, tokenizers submodules)
+        for rep in range(args.reps):  # alternate which goes first: a load spike then hits both sides alike
+            if rep % 2:
+                wall, secs, cpu, out = run_stage(rep)
+                d_secs, d_cpu, direct_json = direct(texts)
+            else:
+                d_secs, d_cpu, direct_json = direct(texts)
+                wall, secs, cpu, out = run_stage(rep)
+            direct_s.append(d_secs)
+            stage_s.append(secs)
+            stage_wall.append(wall)
+            direct_cpu.append(d_cpu)
+            stage_cpu.append(cpu)
         ours = json.loads((out / "tokenizer" / "tokenizer.json").read_text())["model"]
         theirs = json.loads(direct_json)["model"]
         same = ours["vocab"] == theirs["vocab"] and ours["merges"] == theirs["merges"]
         if not same:
             sys.exit("the stage and the direct call learned different vocabularies: not the same work")
     stage_mbs, direct_mbs = n_bytes / 1e6 / min(stage_s), n_bytes / 1e6 / min(direct_s)
-    ratio = stage_mbs / direct_mbs
+    ratio_wall = stage_mbs / direct_mbs
+    ratio_cpu = min(direct_cpu) / min(stage_cpu)  # MB per CPU-second, stage over direct
     figures = {"corpus_mb": round(corpus_bytes / 1e6, 2), "training_mb": round(n_bytes / 1e6, 2), "vocab_size": VOCAB,
                "stage_train_mb_per_s": round(stage_mbs, 3), "direct_train_mb_per_s": round(direct_mbs, 3),
-               "stage_over_direct": round(ratio, 4), "stage_train_s": [round(s, 3) for s in stage_s],
-               "direct_train_s": [round(s, 3) for s in direct_s],
+               "stage_over_direct_wall": round(ratio_wall, 4), "stage_over_direct_cpu": round(ratio_cpu, 4),
+               "stage_train_s": [round(s, 3) for s in stage_s], "direct_train_s": [round(s, 3) for s in direct_s],
+               "stage_train_cpu_s": [round(s, 3) for s in stage_cpu],
+               "direct_train_cpu_s": [round(s, 3) for s in direct_cpu],
                "stage_wall_s_incl_report": [round(s, 3) for s in stage_wall], "same_vocab_and_merges": same,
                "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM", "unset")}
     write_result("tokenizer", figures,
-                 [target("tokenizer stage training MB/s vs tokenizers.train_from_iterator", ratio, ">=", 0.95)],
+                 [target("tokenizer stage training MB/s vs tokenizers.train_from_iterator (CPU time)", ratio_cpu, ">=", 0.95),
+                  target("the same, wall clock (noisy on a shared machine)", ratio_wall, ">=", 0.95)],
                  notes="stage train_s = read gzip shards + held-out split + language/domain sample + train; direct = "
-                       "train_from_iterator only, same texts and pipeline; identical vocab+merges checked. The stage's "
-                       "wall also covers saving, the held-out report (no reference here) and its self-check.")
+                       "train_from_iterator only, same texts and pipeline; identical vocab+merges checked. Best of "
+                       "alternating runs; CPU time (process_time) is the figure that other processes' load does not "
+                       "move. The stage's wall also covers saving, the held-out report (no reference here) and its "
+                       "self-check.")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,11 @@ class Doc:
     language: str
     domain: str
     source: str = ""
+    nbytes: int = -1  # UTF-8 length, computed once (the split, the mix and the stage's metrics all need it)
+
+    def __post_init__(self):
+        if self.nbytes < 0:
+            object.__setattr__(self, "nbytes", len(self.text.encode("utf-8")))
 
     @property
     def group(self) -> tuple[str, str]:
@@ -75,6 +80,9 @@ def split_heldout(docs: list[Doc], fraction: float) -> tuple[list[Doc], list[Doc
 
     train, heldout = [], []
     for group in _by_group(docs).values():
+        if fraction <= 0 or len(group) < 2:  # nothing held out: no need to hash
+            train += group
+            continue
         ordered = sorted(group, key=lambda d: hashlib.sha256(d.text.encode("utf-8")).digest())
         k = min(math.ceil(fraction * len(ordered)), len(ordered) - 1) if fraction > 0 else 0
         heldout += ordered[:k]
@@ -89,7 +97,7 @@ def sample_mix(docs: list[Doc], *, language_weights: dict[str, float], domain_we
     natural proportions, 0 makes groups equal). Within a group documents come in a seeded random order and repeat
     when its share exceeds its text (upsampling). Returns the texts and, per group, natural and sampled bytes."""
     groups = _by_group(docs)
-    natural = {g: sum(len(d.text.encode("utf-8")) for d in ds) for g, ds in groups.items()}
+    natural = {g: sum(d.nbytes for d in ds) for g, ds in groups.items()}
     weight = {g: (natural[g] ** alpha) * language_weights.get(g[0], 1.0) * domain_weights.get(g[1], 1.0) for g in groups}
     total_w = sum(weight.values())
     if total_w <= 0:
@@ -103,15 +111,25 @@ def sample_mix(docs: list[Doc], *, language_weights: dict[str, float], domain_we
         rng.shuffle(order)
         taken, i = 0, 0
         while taken < target and weight[g] > 0:
-            t = order[i % len(order)].text
-            texts.append(t)
-            taken += len(t.encode("utf-8"))
+            d = order[i % len(order)]
+            texts.append(d.text)
+            taken += d.nbytes
             i += 1
         mix[f"{g[0]}/{g[1]}"] = {"docs": len(ds), "natural_bytes": natural[g], "sampled_bytes": taken, "sampled_docs": i}
     total = sum(m["sampled_bytes"] for m in mix.values())
     for m in mix.values():
         m["share"] = round(m["sampled_bytes"] / max(total, 1), 4)
     return texts, mix
+
+
+def spread_subset(texts: list[str], total_bytes: int, max_bytes: int | None) -> tuple[list[str], int]:
+    """Every k-th text, k chosen so about max_bytes UTF-8 bytes are kept (None = all), spread over the sample's
+    groups (it is ordered group by group); returns the texts and their byte count."""
+    import math
+
+    step = 1 if max_bytes is None or total_bytes <= max_bytes else math.ceil(total_bytes / max_bytes)
+    out = texts[::step]
+    return out, (total_bytes if step == 1 else sum(len(t.encode("utf-8")) for t in out))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

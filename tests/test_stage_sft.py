@@ -4,6 +4,7 @@ Run: .venv/bin/python -m pytest tests/test_stage_sft.py -q
 """
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from hfpipe.errors import HfpipeError
 from hfpipe.stages import sft
 
 
+REPO = Path(__file__).resolve().parent.parent
 FAST = dict(max_steps=12, learning_rate=3e-3, per_device_batch_size=8, max_length=128)
 
 
@@ -44,8 +46,8 @@ def test_sft_lowers_heldout_assistant_loss(tiny_model_dir, make_inputs, tmp_path
     assert metrics["eval_loss_after"] < metrics["eval_loss_before"] - 0.3, metrics
     assert metrics["train_steps"] == FAST["max_steps"] and metrics["eval_conversations"] > 100
     json.dumps(metrics)
-    # the output is the model + tokenizer only: no trainer folder, pickled training args or checkpoints
-    assert _files(tmp_path)[0] == "model" and all(f.startswith("model") for f in _files(tmp_path))
+    # the output is the model + tokenizer and the mixture report: no trainer folder, pickled args or checkpoints
+    assert all(f.startswith("model") or f == "mixture.json" for f in _files(tmp_path)), _files(tmp_path)
     assert not list(tmp_path.rglob("training_args.bin")) and not list(tmp_path.rglob("checkpoint-*"))
     # the chat template travels byte for byte
     out = tmp_path / "model"
@@ -113,7 +115,7 @@ def test_max_length_leaving_no_assistant_tokens(tiny_model_dir, make_inputs, tmp
     path = _write_jsonl(tmp_path / "chats.jsonl", _bundled_rows(16))
     config = sft.Config(dataset=str(path), eval_dataset=str(path), max_length=8, max_steps=1)
     inputs = make_inputs(upstream={"pretrain": tiny_model_dir.parent}, model_stage="pretrain")
-    with pytest.raises(HfpipeError, match=r"chats\.jsonl: no conversation has assistant tokens within max_length=8"):
+    with pytest.raises(HfpipeError, match=r"sft.dataset: set 'chats': no conversation has assistant tokens within max_length=8"):
         sft.run(config, inputs, tmp_path)
 
 
@@ -125,3 +127,73 @@ def test_packing_fills_rows_with_several_conversations(tiny_model_dir, make_inpu
     metrics = sft.run(config, inputs, tmp_path)
     assert metrics["train_sequences"] < metrics["train_conversations"] / 3, metrics
     assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
+
+
+def test_mixture_lowers_every_sets_heldout_loss_and_records_the_mixture(tiny_model_dir, make_inputs, tmp_path):
+    sets = ("sft_chat", "instruct", "reasoning")
+    config = sft.Config(datasets=[{"name": f"hfpipe:{s}.jsonl", "weight": w} for s, w in zip(sets, (2, 1, 1))],
+                        mixture_rows=96, max_eval_rows=16, **{**FAST, "max_length": 192})
+    inputs = make_inputs(upstream={"pretrain": tiny_model_dir.parent}, model_stage="pretrain")
+    metrics = sft.run(config, inputs, tmp_path)
+
+    assert metrics["eval_loss_after"] < metrics["eval_loss_before"] - 0.3, metrics
+    for s in sets:  # per set: "before -> after"
+        before, after = map(float, metrics["eval_loss_by_set"][s].split(" -> "))
+        assert after < before, (s, metrics["eval_loss_by_set"])
+    report = json.loads((tmp_path / "mixture.json").read_text())
+    assert [report[s]["rows_used"] for s in sets] == [48, 24, 24] and report["instruct"]["kind"] == "synthetic"
+    assert metrics["mixture"]["sft_chat"].startswith("0.50 of train") and "BSD-3-Clause" in metrics["mixture"]["sft_chat"]
+    assert metrics["train_tokens"] > 0 and metrics["train_tokens_per_s"] > 0
+    assert sft.input_files(config, tmp_path) == [BUNDLED_DIR / f"{s}{x}.jsonl" for s in sets for x in ("", "_eval")]
+
+
+def test_qlora_without_gpu_and_mixed_config_are_one_line_errors(tiny_model_dir, make_inputs, tmp_path):
+    import importlib.util
+
+    import torch
+
+    with pytest.raises(ValueError, match="either 'datasets'"):
+        sft.Config(dataset="hfpipe:sft_chat.jsonl", datasets=[{"name": "hfpipe:tool_use.jsonl"}])
+    if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes"):
+        pytest.skip("this machine can run QLoRA")
+    config = sft.Config(**FAST, lora={"load_in_4bit": True})
+    inputs = make_inputs(upstream={"pretrain": tiny_model_dir.parent}, model_stage="pretrain")
+    with pytest.raises(HfpipeError, match="sft.lora.load_in_4bit: QLoRA needs bitsandbytes and a CUDA GPU"):
+        sft.run(config, inputs, tmp_path)
+
+
+def test_smollm2_posttrain_recipe_validates_and_its_base_model_loads():
+    from transformers import AutoConfig
+
+    from hfpipe.modeling import resolve_model_location
+    from hfpipe.recipe import load_recipe
+
+    path = REPO / "recipes" / "smollm2-135m-posttrain.yaml"
+    recipe = load_recipe(path)
+    assert recipe.sft.lora is not None and recipe.preference.method == "dpo" and recipe.eval is not None
+    ref = recipe.base_model
+    where = resolve_model_location(ref.name_or_path, path.parent)
+    config = AutoConfig.from_pretrained(where, gguf_file=ref.gguf_file)
+    assert config.model_type == "llama" and config.hidden_size == 576 and config.num_hidden_layers == 30
+    for i, spec in enumerate(recipe.sft.datasets):
+        assert sft.input_files(recipe.sft, path.parent)[2 * i].name == spec.name.removeprefix("hfpipe:")
+
+
+@pytest.mark.slow
+def test_smollm2_posttrain_recipe_runs_and_moves_its_targets(tmp_path):
+    """The shipped recipe end to end on the real model (minutes on 2 cores), trimmed a little: fewer eval questions."""
+    import subprocess
+    import sys
+
+    recipe = REPO / "recipes" / "smollm2-135m-posttrain.yaml"
+    cmd = [sys.executable, "-m", "hfpipe.cli", "--runs-dir", str(tmp_path / "runs"), "--cards-dir",
+           str(tmp_path / "cards"), "run", str(recipe), "eval.limit=20"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "smollm2-135m-posttrain"
+    manifest = lambda stage: json.loads(next(run_dir.glob(f"{stage}-*/manifest.json")).read_text())  # noqa: E731
+    m_sft, m_pref = manifest("sft")["metrics"], manifest("preference")["metrics"]
+    assert m_sft["eval_loss_after"] < m_sft["eval_loss_before"], m_sft
+    assert m_pref["eval_margin_after"] > 0 and m_pref["eval_accuracy_after"] > 0.5, m_pref
+    card = (tmp_path / "cards" / "smollm2-135m-posttrain.md").read_text()
+    assert "synthetic" in card and "BSD-3-Clause" in card

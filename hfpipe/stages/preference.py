@@ -1,120 +1,188 @@
-"""preference: preference optimisation on chosen/rejected pairs with TRL (DPO for now).
+"""preference: preference optimisation on chosen/rejected pairs with TRL: DPO, KTO or ORPO.
 
-Reads the upstream model (or the recipe's base_model), trains it to prefer `chosen` over `rejected` relative to a frozen
-copy of itself (the reference), measures held-out preference accuracy and reward margin before and after, and writes
-``out_dir/model/`` with the tokenizer (and so the chat template) unchanged.
+Reads the upstream model (or the recipe's base_model) and a weighted mixture of preference sets (TRL's preference
+format, explicit or implicit prompt, conversational or plain text; hfpipe.chatdata). DPO and KTO train against a frozen
+copy of the starting model (TRL builds the reference; DPO precomputes its log-probs once; KTO unpairs the pairs into
+desirable/undesirable rows); ORPO needs no reference. Whatever the method, the same held-out numbers are measured
+before and after training, so methods compare:
+
+- ``eval_margin``: mean implicit reward margin beta * [(log pi - log pi0)(chosen) - (log pi - log pi0)(rejected)],
+  pi0 = the starting model (0 before training by definition), and ``eval_accuracy``: share of pairs with margin > 0;
+- ``eval_pref_accuracy``: share of pairs whose chosen answer has a higher mean per-token log-prob than the rejected
+  one (reference-free, so meaningful before training too);
+- ``eval_loss``: the method's own held-out loss (TRL's evaluate).
+
+Writes ``out_dir/model/`` with the tokenizer (chat template) unchanged and ``mixture.json``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
+import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from hfpipe.chatdata import load_preferences, resolve_dataset, split_holdout
+from hfpipe.chatdata import HOLDOUT, DatasetSpec, check_one_data_source, load_mixture, spec_files
 from hfpipe.errors import HfpipeError
 from hfpipe.stages import Inputs, StageConfig
 
 READS = ("model",)
-CARD = {"name": "Direct Preference Optimization (TRL DPOTrainer)", "paper": "https://arxiv.org/abs/2305.18290",
-        "citation": "Rafailov et al. 2023, Direct Preference Optimization: "
-                    "Your Language Model is Secretly a Reward Model"}
+CARD = {"name": "Preference optimisation (TRL DPOTrainer / KTOTrainer / ORPOTrainer)",
+        "paper": "https://arxiv.org/abs/2305.18290",
+        "citation": "Rafailov et al. 2023, Direct Preference Optimization: Your Language Model is Secretly a Reward "
+                    "Model; Ethayarajh et al. 2024, KTO (arXiv:2402.01306); Hong et al. 2024, ORPO (arXiv:2403.07691)"}
 
 
 class Config(StageConfig):
-    method: Literal["dpo"] = Field("dpo", description="preference objective (DPO: sigmoid loss on reward margins)")
-    dataset: str = Field("hfpipe:preference_pairs.jsonl", description="training pairs (JSONL with prompt/chosen/"
-                         "rejected): 'hfpipe:<file>' for a bundled file, else a path relative to the recipe")
-    eval_dataset: str | None = Field("hfpipe:preference_pairs_eval.jsonl", description="held-out pairs; null = hold "
-                                     "out eval_fraction of `dataset`, grouped by prompt")
+    method: Literal["dpo", "kto", "orpo"] = Field("dpo", description="objective: dpo (sigmoid loss on reward margins "
+                                                  "against a frozen reference), kto (prospect-theoretic loss on "
+                                                  "desirable/undesirable answers), orpo (SFT loss + odds-ratio "
+                                                  "penalty, no reference model)")
+    dataset: str = Field("hfpipe:preference_pairs.jsonl", description="one training set (JSONL with prompt/chosen/"
+                         "rejected): 'hfpipe:<file>' for a bundled file, else a path relative to the recipe; ignored "
+                         "when `datasets` is given")
+    eval_dataset: str | None = Field("hfpipe:preference_pairs_eval.jsonl", description="held-out pairs for `dataset`; "
+                                     "null = hold out eval_fraction of it, grouped by prompt")
+    datasets: list[DatasetSpec] | None = Field(None, description="a weighted mixture instead of `dataset`: "
+                                               "[{name: 'hfpipe:<file>' | Hub id, path: local file, weight, split, "
+                                               "eval}]; see hfpipe/datasets/README.md for the bundled sets")
+    mixture_rows: int | None = Field(None, ge=1, description="training pairs drawn from the mixture; null = the sum "
+                                     "of the sets' sizes")
     eval_fraction: float = Field(0.1, gt=0.0, lt=1.0,
-                                 description="share of `dataset` held out when eval_dataset is null")
-    beta: float = Field(0.1, gt=0.0, le=10.0, description="DPO temperature: how far the policy may move from the "
-                        "reference (higher = stays closer)")
+                                 description="share of a set held out when it has no held-out file or split")
+    beta: float = Field(0.1, gt=0.0, le=10.0, description="dpo/kto: temperature, how far the policy may move from "
+                        "the reference (higher = stays closer); orpo: weight of the odds-ratio term (lambda)")
     learning_rate: float = Field(1e-6, gt=0.0, le=1.0, description="peak AdamW learning rate (linear decay)")
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; null = train num_train_epochs epochs")
     num_train_epochs: float = Field(1.0, gt=0.0, description="passes over the pairs when max_steps is null")
-    per_device_batch_size: int = Field(8, ge=1, description="pairs per forward pass (train and eval)")
+    per_device_batch_size: int = Field(8, ge=2, description="pairs (kto: answers) per forward pass; kto needs >= 2 "
+                                       "to estimate its KL term")
     gradient_accumulation_steps: int = Field(1, ge=1, description="forward passes per optimizer step")
     max_length: int = Field(1024, ge=8, description="tokens of prompt + answer; longer pairs are cut at the end")
+    max_eval_pairs: int | None = Field(None, ge=1, description="held-out pairs per set used for the before/after "
+                                       "numbers; null = all")
+
+    @model_validator(mode="after")
+    def _one_data_source(self):
+        return check_one_data_source(self)
+
+
+def dataset_specs(config: Config) -> list[DatasetSpec]:
+    if config.datasets is not None:
+        return list(config.datasets)
+    as_spec = {"name": config.dataset} if config.dataset.startswith("hfpipe:") else {"path": config.dataset}
+    return [DatasetSpec(**as_spec, eval=config.eval_dataset or HOLDOUT)]
 
 
 def input_files(config: Config, recipe_dir: Path) -> list[Path]:
-    names = [("preference.dataset", config.dataset)]
-    if config.eval_dataset:
-        names.append(("preference.eval_dataset", config.eval_dataset))
-    return [resolve_dataset(name, recipe_dir, key) for key, name in names]
+    return [f for i, s in enumerate(dataset_specs(config))
+            for f in spec_files(s, recipe_dir, f"preference.datasets[{i}]")]
 
 
 def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     import transformers
-    from transformers import AutoTokenizer
     from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
+    from transformers import AutoTokenizer
 
     from hfpipe.modeling import load_model_and_tokenizer, save_model
 
     transformers.set_seed(inputs.seed)
 
-    # ---- data: validated preference pairs, train and held-out ----
-    train_path = resolve_dataset(config.dataset, inputs.recipe_dir, "preference.dataset")
-    train_rows = load_preferences(train_path)
-    if config.eval_dataset is None:
-        eval_path = train_path
-        train_rows, eval_rows = split_holdout(train_rows, config.eval_fraction, "prompt")
-    else:
-        eval_path = resolve_dataset(config.eval_dataset, inputs.recipe_dir, "preference.eval_dataset")
-        eval_rows = load_preferences(eval_path)
-    if not train_rows or not eval_rows:
-        raise HfpipeError(f"preference: {train_path}: holding out eval_fraction={config.eval_fraction} left "
-                          f"{len(train_rows)} train / {len(eval_rows)} eval pairs; change eval_fraction", 2)
+    # ---- data: the weighted mixture of pairs, and each set's held-out pairs ----
+    key = "preference.datasets" if config.datasets is not None else "preference.dataset"
+    mixture = load_mixture(dataset_specs(config), "preference", inputs.recipe_dir, key, inputs.seed,
+                           config.eval_fraction, config.mixture_rows)
+    eval_rows = [r for rows in mixture.eval.values() for r in rows[: config.max_eval_pairs]]
 
-    # ---- model + trainer (the reference is the starting model: TRL precomputes its log-probs once) ----
+    # ---- model + trainer (the reference is the starting model, as TRL builds it) ----
     model, tokenizer = load_model_and_tokenizer(inputs)
     template_before = tokenizer.chat_template
+
+    def fits(row: dict) -> bool:  # the prompt leaves room for answer tokens (else losses divide by zero tokens)
+        text = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) < config.max_length - 1
+
+    n_train, n_eval = len(mixture.train), len(eval_rows)
+    mixture.train, eval_rows = [r for r in mixture.train if fits(r)], [r for r in eval_rows if fits(r)]
+    if not mixture.train or not eval_rows:
+        raise HfpipeError(f"{key}: every {'training' if not mixture.train else 'held-out'} prompt fills max_length="
+                          f"{config.max_length} after templating, leaving no answer tokens; raise max_length", 2)
+    before_logps = pair_logps(model, tokenizer, eval_rows, config.max_length, config.per_device_batch_size)
     work_dir = out_dir / "trainer"
-    args = DPOConfig(
+    common = dict(
         output_dir=str(work_dir), report_to="none", save_strategy="no", logging_nan_inf_filter=False,
-        seed=inputs.seed, data_seed=inputs.seed, bf16=False, activation_checkpointing=False,
-        precompute_ref_log_probs=True,
-        loss_type=["sigmoid"], beta=config.beta, learning_rate=config.learning_rate,
+        seed=inputs.seed, data_seed=inputs.seed, bf16=False, beta=config.beta, learning_rate=config.learning_rate,
         max_steps=config.max_steps or -1, num_train_epochs=config.num_train_epochs,
         per_device_train_batch_size=config.per_device_batch_size,
         per_device_eval_batch_size=config.per_device_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps, max_length=config.max_length,
     )
+    train_ds, eval_ds = Dataset.from_list(mixture.train), Dataset.from_list(eval_rows)
     try:
-        trainer = DPOTrainer(model=model, ref_model=None, args=args, processing_class=tokenizer,
-                             train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows))
-    except (RuntimeError, ValueError) as e:  # TRL/template problems while tokenizing the pairs
-        first_line = str(e).strip().splitlines()[0]
-        raise HfpipeError(f"preference: preparing {train_path} / {eval_path} failed: {first_line}", 2) from None
-    for path, ds in ((train_path, trainer.train_dataset), (eval_path, trainer.eval_dataset)):
-        if len(ds) == 0:
-            raise HfpipeError(f"preference: {path}: every prompt fills max_length={config.max_length} after "
-                              "templating, leaving no answer tokens; raise max_length", 2)
+        if config.method == "dpo":
+            from trl import DPOConfig, DPOTrainer
 
-    # ---- train, with held-out preference accuracy and reward margin before and after ----
-    before = trainer.evaluate()
+            args = DPOConfig(**common, activation_checkpointing=False, precompute_ref_log_probs=True,
+                             loss_type=["sigmoid"])
+            trainer = DPOTrainer(model=model, ref_model=None, args=args, processing_class=tokenizer,
+                                 train_dataset=train_ds, eval_dataset=eval_ds)
+        elif config.method == "kto":
+            from trl import KTOConfig, KTOTrainer
+
+            args = KTOConfig(**common, activation_checkpointing=False, precompute_ref_log_probs=False)
+            trainer = KTOTrainer(model=model, ref_model=None, args=args, processing_class=tokenizer,
+                                 train_dataset=train_ds, eval_dataset=eval_ds)
+        else:
+            from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+            args = ORPOConfig(**common)
+            trainer = ORPOTrainer(model=model, args=args, processing_class=tokenizer,
+                                  train_dataset=train_ds, eval_dataset=eval_ds)
+    except (RuntimeError, ValueError, KeyError) as e:  # TRL/template problems while tokenizing the pairs
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HfpipeError(f"preference: preparing {key} ({', '.join(mixture.eval)}) failed: {first_line}", 2) from None
+    for label, ds in (("training mixture", trainer.train_dataset), ("held-out pairs", trainer.eval_dataset)):
+        if len(ds) == 0:
+            raise HfpipeError(f"{key}: {label}: every prompt fills max_length={config.max_length} after templating, "
+                              "leaving no answer tokens; raise max_length", 2)
+
+    # ---- train, with the method's held-out loss before and after ----
+    loss_before = trainer.evaluate()["eval_loss"]
+    start = time.perf_counter()
     train_out = trainer.train()
-    after = trainer.evaluate()
-    metrics = {"eval_loss_before": before["eval_loss"], "eval_loss_after": after["eval_loss"],
-               "eval_accuracy_before": before["eval_rewards/accuracies"],
-               "eval_accuracy_after": after["eval_rewards/accuracies"],
-               "eval_margin_before": before["eval_rewards/margins"], "eval_margin_after": after["eval_rewards/margins"],
+    train_s = time.perf_counter() - start
+    loss_after = trainer.evaluate()["eval_loss"]
+
+    # ---- held-out preference numbers, the same for every method ----
+    after_logps = pair_logps(trainer.model, tokenizer, eval_rows, config.max_length, config.per_device_batch_size)
+    before, after = preference_metrics(before_logps, before_logps, config.beta), \
+        preference_metrics(after_logps, before_logps, config.beta)
+    if after["pairs"] == 0:
+        raise HfpipeError(f"{key}: no held-out pair keeps an answer token within max_length={config.max_length}; "
+                          "raise max_length", 2)
+    metrics = {"eval_loss_before": loss_before, "eval_loss_after": loss_after,
+               "eval_accuracy_before": before["accuracy"], "eval_accuracy_after": after["accuracy"],
+               "eval_margin_before": before["margin"], "eval_margin_after": after["margin"],
+               "eval_pref_accuracy_before": before["pref_accuracy"], "eval_pref_accuracy_after": after["pref_accuracy"],
                "train_loss": train_out.training_loss, "train_steps": train_out.global_step,
-               "train_pairs": len(trainer.train_dataset), "eval_pairs": len(trainer.eval_dataset)}
+               "train_pairs": len(mixture.train), "eval_pairs": after["pairs"],
+               "pairs_dropped_too_long": (n_train - len(mixture.train)) + (n_eval - len(eval_rows)),
+               "train_pairs_per_s": round(train_out.global_step * config.per_device_batch_size
+                                          * config.gradient_accumulation_steps / train_s, 2)}
     for name, value in metrics.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise HfpipeError(f"preference: {name} is {value}; lower learning_rate (now {config.learning_rate})", 1)
+    metrics["mixture"] = mixture.summary()
 
     # ---- save: the policy, with the tokenizer (chat template) exactly as it came ----
     tokenizer.chat_template = template_before
     folder = save_model(trainer.model, tokenizer, out_dir / "model")
     shutil.rmtree(work_dir, ignore_errors=True)  # nothing of the trainer's (pickled args, checkpoints) is kept
+    (out_dir / "mixture.json").write_text(json.dumps(mixture.report, indent=2) + "\n")
 
     # ---- self-check: weights saved, and the tokenizer reads back the same chat template ----
     if not list(folder.glob("*.safetensors")):
@@ -123,3 +191,45 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
         raise HfpipeError(f"preference: the chat template saved in {folder} differs from the input model's", 1)
     return metrics
 
+
+def pair_logps(model, tokenizer, rows: list[dict], max_length: int, batch_size: int) -> list[tuple[float, ...]]:
+    """Per pair: (sum log p(chosen), tokens of chosen, sum log p(rejected), tokens of rejected) under `model`, the
+    answer tokenized after the chat-templated prompt as TRL does, the sequence cut at max_length."""
+    import torch
+
+    seqs = []  # (input ids, number of prompt tokens)
+    for row in rows:
+        prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        for answer in (row["chosen"], row["rejected"]):
+            full = tokenizer.apply_chat_template(row["prompt"] + answer, tokenize=False)
+            a_ids = tokenizer(full[len(prompt):] if full.startswith(prompt) else full, add_special_tokens=False)
+            seqs.append(((p_ids + a_ids["input_ids"])[:max_length], len(p_ids)))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(seqs), batch_size):
+            chunk = seqs[i:i + batch_size]
+            width = max(len(ids) for ids, _ in chunk)
+            ids = torch.tensor([s + [pad] * (width - len(s)) for s, _ in chunk])
+            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s, _ in chunk])
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+            logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None].to(logits.device))[..., 0]
+            for j, (s, n_prompt) in enumerate(chunk):
+                span = logp[j, n_prompt - 1: len(s) - 1]
+                out.append((span.sum().item(), span.numel()))
+    model.train(was_training)
+    return [out[k] + out[k + 1] for k in range(0, len(out), 2)]
+
+
+def preference_metrics(logps: list[tuple], ref_logps: list[tuple], beta: float) -> dict[str, float]:
+    """Implicit-reward margin/accuracy against ref_logps, and the reference-free per-token preference accuracy, over
+    the pairs whose answers both keep at least one token within max_length."""
+    kept = [(p, q) for p, q in zip(logps, ref_logps) if p[1] and p[3]]
+    margins = [beta * ((c - rc) - (r - rr)) for (c, _, r, _), (rc, _, rr, _) in kept]
+    prefer = [c / nc > r / nr for (c, nc, r, nr), _ in kept]
+    n = max(len(margins), 1)
+    return {"margin": sum(margins) / n, "accuracy": sum(m > 0 for m in margins) / n, "pref_accuracy": sum(prefer) / n,
+            "pairs": len(kept)}

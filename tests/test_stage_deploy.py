@@ -117,3 +117,77 @@ def test_self_check_refuses_pickles(tmp_path):
 def test_config_rejects(bad):
     with pytest.raises(ValidationError):
         deploy.Config(**bad)
+
+
+def test_quantized_variants_and_gguf_with_parity(tiny_model_dir, make_inputs, tmp_path):
+    """torchao int8/int4 variants and GGUF files: saved, loadable with plain transformers, measured in the card."""
+    import torch
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    inputs = dataclasses.replace(make_inputs(upstream={"pretrain": tiny_model_dir.parent}, model_stage="pretrain"),
+                                 recipe_yaml=RECIPE_YAML)
+    config = deploy.Config(quantize=["int8", "int4"], gguf=["f32", "q8_0"], parity_max_docs=2, parity_max_tokens=256,
+                           parity_seq_len=64, parity_task_limit=8, latency_repeats=2, check_new_tokens=2)
+    metrics = deploy.run(config, inputs, tmp_path / "out")
+    export = tmp_path / "out" / "export"
+    parity = json.loads((tmp_path / "out" / "parity.json").read_text())
+    full_bytes = (export / "model.safetensors").stat().st_size
+
+    for scheme in ("int8", "int4"):
+        q = parity["quantized"][scheme]
+        folder = export / "quantized" / scheme
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        assert type(model.model.layers[0].mlp.up_proj.weight).__module__.startswith("torchao")
+        assert q["size_ratio"] == (folder / "model.safetensors").stat().st_size / full_bytes < 1
+        assert q["perplexity_delta"] == pytest.approx(q["perplexity"] - q["perplexity_full"])
+        assert 0 <= q["argmax_agreement"] <= 1 and q["task_docs"] == 8 and q["heldout_tokens"] == 256
+        assert q["latency_ratio"] > 0 and metrics[scheme]["size_ratio"] == q["size_ratio"]
+        assert AutoTokenizer.from_pretrained(folder).chat_template
+    # 4-bit values are coarser than 8-bit ones: further from the full model's perplexity
+    assert abs(parity["quantized"]["int4"]["perplexity_delta"]) > abs(parity["quantized"]["int8"]["perplexity_delta"])
+
+    # GGUF: transformers loads the file back; float32 is exact, q8_0 within its stated tolerance
+    source = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    ids = AutoTokenizer.from_pretrained(tiny_model_dir)("def main():\n    return 0\n", return_tensors="pt")["input_ids"]
+    for gguf_type, tol in (("f32", 1e-6), ("q8_0", config.gguf_max_logit_rel_rmse["q8_0"])):
+        g = parity["gguf"][gguf_type]
+        assert g["file"] == f"test-{gguf_type}.gguf" and g["logit_rel_rmse"] <= g["tolerance"] == tol
+        back = AutoModelForCausalLM.from_pretrained(export, subfolder="gguf", gguf_file=g["file"]).eval()
+        with torch.no_grad():
+            a, b = source(ids).logits, back(ids).logits
+        rel_rmse = (((a - b) ** 2).sum() / ((a - a.mean(-1, keepdim=True)) ** 2).sum()).sqrt().item()
+        assert rel_rmse <= tol
+        assert g["token_agreement"] == 1.0 and g["chat_template_kept"]
+        assert AutoTokenizer.from_pretrained(export / "gguf", gguf_file=g["file"])(
+            "def main():")["input_ids"] == AutoTokenizer.from_pretrained(tiny_model_dir)("def main():")["input_ids"]
+    assert parity["gguf"]["f32"]["max_abs_logit_diff"] < 1e-4
+    assert (export / "gguf" / "test-q8_0.gguf").stat().st_size < (export / "gguf" / "test-f32.gguf").stat().st_size
+
+    text = (export / "README.md").read_text()
+    ModelCard.load(export / "README.md")
+    assert "## Quantization and GGUF parity" in text and "| `quantized/int8` | torchao 0.18" in text
+    assert "| `gguf/test-q8_0.gguf` | q8_0 | gguf 0.19" in text and 'subfolder="gguf", gguf_file="test-f32.gguf"' in text
+    assert 'subfolder="quantized/int8"' in text
+
+
+def test_gpu_schemes_refused_without_gpu(tiny_model_dir, make_inputs, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    inputs = make_inputs(upstream={"pretrain": tiny_model_dir.parent}, model_stage="pretrain")
+    for scheme in ("bnb_int4", "bnb_int8", "gptq", "awq"):
+        with pytest.raises(HfpipeError, match=f"'{scheme}' needs a CUDA GPU"):
+            deploy.run(deploy.Config(quantize=[scheme]), inputs, tmp_path / scheme)
+        assert not (tmp_path / scheme / "export").exists()  # refused before any work
+
+
+def test_gguf_refuses_other_architectures(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from hfpipe.deploy_gguf import write_gguf
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
+    with pytest.raises(HfpipeError, match="supports model_type 'llama'"):
+        write_gguf(model, None, tmp_path / "x.gguf", "f16", "x")

@@ -2,13 +2,17 @@
 
 Loads the upstream model (or the recipe's base_model) in ``export_dtype``, makes generation stop at the chat
 template's end of turn (``<|im_end|>``), and writes ``out_dir/export/``: safetensors weights (sharded at
-``max_shard_size``), config, generation config, tokenizer with its chat template, and README.md, the model card built by
-``hfpipe.card`` from every finished upstream stage folder (plus the curve images it links). The self-check reloads the
-export with transformers alone, compares its logits, generates, and checks that it stops at end of turn.
+``max_shard_size``), config, generation config, tokenizer with its chat template; quantized variants
+(``quantized/<scheme>/``, torchao on CPU, see ``hfpipe.deploy_quant``) and GGUF files (``gguf/<name>-<type>.gguf``, see
+``hfpipe.deploy_gguf``), each measured against the full-precision model (``parity.json``); and README.md, the model
+card built by ``hfpipe.card`` from every finished upstream stage folder and those parity numbers (plus the images it
+links). The self-check reloads the export with transformers alone, compares its logits, generates, and checks that it
+stops at end of turn.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Literal
@@ -16,12 +20,22 @@ from typing import Literal
 from pydantic import Field
 
 from hfpipe.errors import HfpipeError
-from hfpipe.stages import STAGES, Inputs, StageConfig
+from hfpipe.stages import STAGES, Inputs, StageConfig, resolve_path
 
 # "model" is the weights to export; every other finished stage is read only for the model card.
 READS = ("model",) + tuple(s for s in STAGES if s != "deploy")
-CARD = {"name": "Export: safetensors + Hugging Face model card", "paper": None, "citation": None}
+CARD = {"name": "Export: safetensors, torchao quantization, GGUF + Hugging Face model card", "paper": None,
+        "citation": None}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
+PACKAGE = Path(__file__).resolve().parent.parent
+BUNDLED_TEXT = PACKAGE / "datasets" / "tokenizer_heldout.jsonl"
+BUNDLED_TASK = PACKAGE / "tasks" / "capitals" / "test.jsonl"
+# Code outside this module that shapes the export: its content enters the fingerprint (see input_files).
+HELPER_FILES = (PACKAGE / "deploy_quant.py", PACKAGE / "deploy_gguf.py", PACKAGE / "card.py",
+                PACKAGE / "reproduce.py", PACKAGE / "templates" / "model_card.md")
+
+Scheme = Literal["int8", "int4", "bnb_int8", "bnb_int4", "gptq", "awq"]
+GGUFType = Literal["f32", "f16", "bf16", "q8_0", "q4_0"]
 
 
 class Config(StageConfig):
@@ -35,15 +49,62 @@ class Config(StageConfig):
         description="largest weight file before the weights are split into shards (integer + unit, e.g. 2GB, 500MB)")
     check_new_tokens: int = Field(
         8, ge=1, le=256, description="tokens the self-check generates from the exported folder (cost: seconds)")
+    # ---- quantized variants (export/quantized/<scheme>/)
+    quantize: list[Scheme] = Field(
+        [], description="quantized variants to save beside the export, each with parity numbers in the card: int8 / "
+        "int4 (torchao weight-only, CPU); bnb_int8 / bnb_int4 (bitsandbytes), gptq, awq need a CUDA GPU and stop the "
+        "stage with one line without one")
+    quant_group_size: int = Field(
+        32, ge=16, le=256, description="weights per int4 scale (int4 scheme); must divide every linear layer's input "
+        "width; smaller = more accurate, bigger file")
+    # ---- GGUF (llama.cpp / Ollama)
+    gguf: list[GGUFType] = Field(
+        [], description="GGUF files to write (llama.cpp tensor types), each loaded back with transformers and compared "
+        "with the source logits; llama models with a byte-level BPE tokenizer only")
+    gguf_max_logit_rel_rmse: dict[GGUFType, float] = Field(
+        {"f32": 1e-6, "f16": 5e-3, "bf16": 3e-2, "q8_0": 0.05, "q4_0": 0.5},
+        description="stated tolerance per GGUF type: RMS difference between the model's logits and those of its GGUF "
+        "loaded back by transformers, relative to the logits' spread (RMS deviation from each position's mean), on the "
+        "held-out text; above it the stage fails. Measured on the tiny recipe: f16 1e-4-5e-4, q8_0 0.003-0.008, "
+        "q4_0 0.04-0.28")
+    # ---- parity measurement (quantized variants and GGUF vs the full-precision export)
+    parity_text: str | None = Field(
+        None, description="jsonl of held-out {text, metadata.language} documents for perplexity / logit parity "
+        "(recipe-relative); default: the bundled UDHR held-out file hfpipe/datasets/tokenizer_heldout.jsonl")
+    parity_language: str = Field("en", description="language of the held-out documents used ('' = all)")
+    parity_max_docs: int = Field(
+        64, ge=1, le=10_000, description="held-out documents read at most (scoring stops at parity_max_tokens)")
+    parity_max_tokens: int = Field(
+        2048, ge=64, le=1_000_000, description="held-out tokens scored per model (cost grows linearly)")
+    parity_seq_len: int = Field(128, ge=16, le=8192, description="tokens per scored block (≤ the model's context)")
+    parity_task: str | None = Field(
+        None, description="jsonl {country, choices, answer} scored by log-likelihood for the eval delta "
+        "(recipe-relative); default: the bundled capitals test split hfpipe/tasks/capitals/test.jsonl")
+    parity_task_limit: int = Field(40, ge=1, le=100_000, description="task questions scored per model")
+    latency_repeats: int = Field(
+        7, ge=1, le=1000, description="timed forward passes per model for the latency ratio (median; interleaved)")
+
+
+def input_files(config: Config, recipe_dir: Path) -> list[Path]:
+    """The helper code and the parity data: editing either changes what this stage writes."""
+    files = list(HELPER_FILES)
+    if config.quantize or config.gguf:
+        files += [resolve_path(config.parity_text, recipe_dir) if config.parity_text else BUNDLED_TEXT]
+    if config.quantize:
+        files += [resolve_path(config.parity_task, recipe_dir) if config.parity_task else BUNDLED_TASK]
+    return files
 
 
 def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     import torch
     import transformers
 
+    from hfpipe import deploy_gguf, deploy_quant
     from hfpipe.card import build_card, write_card
     from hfpipe.modeling import EOS_TOKEN, load_model_and_tokenizer
+    from hfpipe.reproduce import output_digest
 
+    deploy_quant.check_schemes(config.quantize)  # GPU-only schemes stop here, before any work
     transformers.set_seed(inputs.seed)
     export = out_dir / "export"
     shutil.rmtree(export, ignore_errors=True)  # a retry must not keep shards of an earlier, different export
@@ -66,16 +127,55 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     model.save_pretrained(export, max_shard_size=config.max_shard_size)
     tokenizer.save_pretrained(export)
 
-    # ---------------------------------------------------------------- model card (README.md + curve images)
+    # ---------------------------------------------------------------- held-out text for parity
+    parity: dict = {"quantized": {}, "gguf": {}}
+    if config.quantize or config.gguf:
+        text_file = inputs.path(config.parity_text) if config.parity_text else BUNDLED_TEXT
+        texts = deploy_quant.heldout_texts(text_file, config.parity_language, config.parity_max_docs)
+        parity["heldout"] = {"file": config.parity_text or "hfpipe/datasets/tokenizer_heldout.jsonl",
+                             "language": config.parity_language, "docs": len(texts)}
+
+    # ---------------------------------------------------------------- quantized variants (torchao), measured
+    if config.quantize:
+        task_file = inputs.path(config.parity_task) if config.parity_task else BUNDLED_TASK
+        parity["task"] = config.parity_task or "hfpipe/tasks/capitals/test.jsonl"
+        parity["quantized"] = deploy_quant.quantize_and_measure(
+            export, config.quantize, tokenizer=tokenizer, texts=texts,
+            docs=deploy_quant.task_docs(task_file, config.parity_task_limit), seq_len=config.parity_seq_len,
+            max_tokens=config.parity_max_tokens, repeats=config.latency_repeats, group_size=config.quant_group_size)
+
+    # ---------------------------------------------------------------- GGUF files, loaded back by transformers
+    if config.gguf:
+        full = model.float()
+        for gguf_type in config.gguf:
+            path = deploy_gguf.write_gguf(full, tokenizer, export / "gguf" / f"{inputs.recipe_name}-{gguf_type}.gguf",
+                                          gguf_type, inputs.recipe_name)
+            check = deploy_gguf.check_gguf(path, full, tokenizer, texts, config.parity_seq_len)
+            check.update(file=path.name, tolerance=config.gguf_max_logit_rel_rmse.get(gguf_type))
+            if check["tolerance"] is None or check["logit_rel_rmse"] > check["tolerance"]:
+                raise HfpipeError(f"deploy: {path.name} loaded back by transformers differs from the model by "
+                                  f"a relative RMS of {check['logit_rel_rmse']:.4g} in logits "
+                                  f"(deploy.gguf_max_logit_rel_rmse.{gguf_type} = {check['tolerance']})", 1)
+            parity["gguf"][gguf_type] = check
+        model = model.to(getattr(torch, config.export_dtype))
+    (out_dir / "parity.json").write_text(json.dumps(parity, indent=1))
+
+    # ---------------------------------------------------------------- model card (README.md + images)
     card = build_card(inputs.recipe_name, inputs.recipe_yaml, dict(inputs.upstream),
-                      pending={"deploy": inputs.fingerprint} if inputs.fingerprint else None, recipe_dir=inputs.recipe_dir)
+                      pending={"deploy": inputs.fingerprint} if inputs.fingerprint else None,
+                      recipe_dir=inputs.recipe_dir, parity=parity, outputs={"deploy": output_digest(out_dir)})
     write_card(card, export / "README.md")
 
     # ---------------------------------------------------------------- self-check: plain transformers, no hfpipe
     new_tokens = _self_check(export, model, eos_ids, config)
     files = sorted(p for p in export.rglob("*") if p.is_file())
-    return {"export_bytes": sum(p.stat().st_size for p in files), "n_files": len(files),
-            "n_params": sum(p.numel() for p in model.parameters()), "check_new_tokens": new_tokens}
+    metrics = {"export_bytes": sum(p.stat().st_size for p in files), "n_files": len(files),
+               "n_params": sum(p.numel() for p in model.parameters()), "check_new_tokens": new_tokens}
+    for scheme, q in parity["quantized"].items():
+        metrics[scheme] = {k: q[k] for k in ("size_ratio", "latency_ratio", "perplexity_delta", "task_acc_delta")}
+    for gguf_type, g in parity["gguf"].items():
+        metrics[f"gguf_{gguf_type}"] = {"bytes": g["bytes"], "logit_rel_rmse": g["logit_rel_rmse"]}
+    return metrics
 
 
 def _self_check(export: Path, model, eos_ids: list[int], config: Config) -> int:

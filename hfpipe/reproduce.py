@@ -1,0 +1,157 @@
+"""``hfpipe reproduce CARD``: re-run the recipe a model card carries and say, per stage, whether it came out the same.
+
+The card's hidden ``hfpipe-reproduce`` block holds the resolved recipe, every stage's full fingerprint and a digest of
+every stage's outputs (``output_digest``: the weights, tokenizer and data it wrote, not its logs or timings). The recipe
+is rebuilt from the block (``recipe_from_yaml``; optional ``key=value`` overrides), run by the ordinary runner into a
+fresh run folder, and each stage is compared: fingerprint identical/different, outputs identical/different. The first
+stage that diverges is named. On the same machine and library versions every stage should be identical and the
+weights bit-identical.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import time
+from pathlib import Path
+
+from hfpipe.errors import HfpipeError
+
+# What counts as a stage's output: files under these sub-folders with these names / suffixes. Logs, manifests,
+# plots and metric files (which hold wall times and throughput) are left out: they are not expected to be bit-identical.
+OUTPUT_DIRS = ("model", "export", "tokenizer", "data")
+OUTPUT_SUFFIXES = (".safetensors", ".gguf", ".jsonl", ".jsonl.gz", ".json")
+SKIP_NAMES = ("README.md", "manifest.json", "stats.json", "report.json", "parity.json")
+
+
+def output_digest(folder: Path) -> str | None:
+    """sha256 over a stage folder's outputs (relative path + content; .gz files decompressed, so the gzip header's
+    timestamp does not count). None when the stage has no such outputs (e.g. eval)."""
+    folder = Path(folder)
+    files = sorted(p for d in OUTPUT_DIRS if (folder / d).is_dir() for p in (folder / d).rglob("*")
+                   if p.is_file() and p.name not in SKIP_NAMES and p.name.endswith(OUTPUT_SUFFIXES))
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for p in files:
+        h.update(str(p.relative_to(folder)).encode() + b"\0")
+        if p.name.endswith(".gz"):
+            with gzip.open(p, "rb") as f:
+                while block := f.read(1 << 20):
+                    h.update(block)
+        else:
+            with open(p, "rb") as f:
+                while block := f.read(1 << 20):
+                    h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def compare(card_block: dict, run: dict[str, dict]) -> dict:
+    """Per-stage verdicts. ``card_block`` = the card's hidden block; ``run`` = {stage: {"fingerprint", "outputs"}}."""
+    card_fps = card_block.get("fingerprints") or {}
+    card_out = card_block.get("outputs") or {}
+    rows, first = [], None
+    for stage in list(dict.fromkeys([*card_fps, *run])):
+        mine, theirs = run.get(stage, {}), {"fingerprint": card_fps.get(stage), "outputs": card_out.get(stage)}
+        if stage not in run:
+            fp, out = "missing", "missing"  # in the card, not in this run
+        elif stage not in card_fps:
+            fp, out = "not in card", "not in card"
+        else:
+            fp = "identical" if mine.get("fingerprint") == theirs["fingerprint"] else "different"
+            if theirs["outputs"] is None and mine.get("outputs") is None:
+                out = "no outputs"
+            elif theirs["outputs"] is None:
+                out = "not recorded"
+            else:
+                out = "identical" if mine.get("outputs") == theirs["outputs"] else "different"
+        same = fp == "identical" and out in ("identical", "no outputs")
+        if not same and first is None:
+            first = stage
+        rows.append({"stage": stage, "fingerprint": fp, "outputs": out, "identical": same,
+                     "card_fingerprint": theirs["fingerprint"], "run_fingerprint": mine.get("fingerprint"),
+                     "card_outputs": theirs["outputs"], "run_outputs": mine.get("outputs")})
+    return {"stages": rows, "first_divergence": first, "identical": first is None and bool(rows)}
+
+
+def _recipe_dir(card: Path) -> Path:
+    """Where the card's relative recipe paths point: model_cards/<x>.md -> ../recipes, else the card's folder."""
+    sibling = card.resolve().parent.parent / "recipes"
+    return sibling if card.resolve().parent.name == "model_cards" and sibling.is_dir() else card.resolve().parent
+
+
+def load_card_recipe(card: Path, overrides=(), recipe_dir: Path | None = None):
+    """The recipe embedded in a card, validated as if it lived in ``recipe_dir``; plus the card's hidden block."""
+    import yaml
+
+    from hfpipe.card import read_card_block
+    from hfpipe.recipe import _apply_override, parse_override, recipe_from_yaml
+
+    block = read_card_block(card)
+    if not block["recipe_yaml"].strip():
+        raise HfpipeError(f"{card}: the card carries no recipe (it was written without one)", 2)
+    data = yaml.safe_load(block["recipe_yaml"]) or {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        _apply_override(data, keys, value)
+    recipe_dir = Path(recipe_dir) if recipe_dir else _recipe_dir(Path(card))
+    recipe = recipe_from_yaml(yaml.safe_dump(data, sort_keys=False), recipe_dir / f"{data.get('name', 'recipe')}.yaml")
+    return recipe, block
+
+
+def reproduce(card: Path, runs_base: Path | None = None, *, overrides=(), recipe_dir: Path | None = None) -> dict:
+    """Run the card's recipe into ``<runs_base>/reproduce/<name>-<time>/`` and compare it with the card."""
+    from hfpipe import runner
+
+    recipe, block = load_card_recipe(Path(card), overrides, recipe_dir)
+    base = Path(runs_base) if runs_base else Path("runs")
+    fresh = base / "reproduce" / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 1
+    while fresh.exists():
+        fresh, n = fresh.with_name(f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
+    runner.run(recipe, fresh)
+    run = {}
+    for p in runner.plan(recipe, fresh):
+        if p.done:
+            run[p.name] = {"fingerprint": p.fingerprint, "outputs": output_digest(p.folder)}
+    report = compare(block, run)
+    report.update(card=str(card), runs_dir=str(fresh))
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"reproduce {report.get('card', '')} -> {report.get('runs_dir', '')}"]
+    for r in report["stages"]:
+        lines.append(f"  {r['stage']:<11} fingerprint {r['fingerprint']:<12} outputs {r['outputs']:<12} "
+                     f"{'identical' if r['identical'] else 'DIFFERENT'}")
+    if report["identical"]:
+        lines.append("every stage identical; weights bit-identical")
+    else:
+        lines.append(f"first stage that diverges: {report['first_divergence']}")
+    return "\n".join(lines)
+
+
+def stale_reasons(card: Path, recipe_path: Path, overrides=()) -> list[str]:
+    """Why a committed card no longer matches what its recipe and the current code would produce: the embedded
+    recipe differs from the resolved recipe, or a stage's planned fingerprint (config, inputs, code, library versions)
+    differs from the card's. Nothing is run. Empty list = up to date."""
+    import tempfile
+
+    from hfpipe import runner
+    from hfpipe.card import read_card_block
+    from hfpipe.recipe import load_recipe
+
+    block = read_card_block(card)
+    recipe = load_recipe(recipe_path, list(overrides))
+    reasons = []
+    if block["recipe_yaml"] != recipe.to_yaml():
+        reasons.append(f"the recipe embedded in {card} differs from {recipe_path} as resolved now")
+    with tempfile.TemporaryDirectory() as runs:
+        planned = {p.name: p.fingerprint for p in runner.plan(recipe, Path(runs))}
+    for stage, fp in planned.items():
+        if block["fingerprints"].get(stage) != fp:
+            reasons.append(f"{stage}: card fingerprint {str(block['fingerprints'].get(stage))[:12]} != planned {fp[:12]}")
+    for stage in set(block["fingerprints"]) - set(planned):
+        reasons.append(f"{stage}: in the card, not in the recipe")
+    return reasons

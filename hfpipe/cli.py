@@ -1,4 +1,4 @@
-"""`hfpipe` command line: run, status, card, validate, schema.
+"""`hfpipe` command line: run, status, card, validate, compare, schema, push, reproduce.
 
 Exit codes: 0 ok, 1 a stage failed while running, 2 bad usage or recipe. Errors are one line; --debug shows the
 traceback.
@@ -40,6 +40,12 @@ def cmd_run(args) -> int:
     from hfpipe.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
+    if args.dry_run:  # offline: plan + per-stage launch commands, nothing run (hfpipe/dryrun.py)
+        from hfpipe import dryrun
+
+        info = dryrun.describe(recipe, _runs_dir(args))
+        print(json.dumps(info, indent=2) if args.json else dryrun.render(info))
+        return 0
     runner.setup_logging()
     runner.run(recipe, _runs_dir(args), only=args.only, start=args.start, until=args.until, force=args.force or ())
     path = write_card(recipe, _runs_dir(args), _cards_dir(args))
@@ -94,6 +100,38 @@ def cmd_schema(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from hfpipe.compare import compare_cards
+
+    print(compare_cards(args.card_a, args.card_b))
+    return 0
+
+
+def cmd_push(args) -> int:
+    from hfpipe.hub import push
+    from hfpipe.recipe import load_recipe
+
+    done = push(load_recipe(args.recipe, args.overrides), _runs_dir(args), args.repo_id, revision=args.revision,
+                private=args.private, dry_run=args.dry_run, force=args.force)
+    if done["dry_run"]:
+        print(f"dry run: would upload {len(done['files'])} files ({done['bytes']} bytes) from {done['folder']} to "
+              f"{done['endpoint']}/{done['repo_id']} at revision {done['revision']}")
+        for f in done["files"]:
+            print(f"  {f}")
+    else:
+        print(f"pushed {len(done['files'])} files to {done['url']} (commit {done['commit']})")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from hfpipe.reproduce import format_report, reproduce
+
+    report = reproduce(Path(args.card), _runs_dir(args), overrides=args.overrides,
+                       recipe_dir=Path(args.recipe_dir) if args.recipe_dir else None)
+    print(format_report(report))
+    return 0 if report["identical"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hfpipe import __version__
 
@@ -115,20 +153,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="start", metavar="STAGE", help="start at this stage (earlier ones must be done)")
     p.add_argument("--until", metavar="STAGE", help="stop after this stage")
     p.add_argument("--force", action="append", metavar="STAGE", help="re-run this stage even if done ('all' for every stage)")
+    p.add_argument("--dry-run", action="store_true", help="validate and plan offline; print each stage's launch "
+                   "command, engine settings, expected tokens/steps/checkpoints; run nothing")
+    p.add_argument("--json", action="store_true", help="with --dry-run: print it as JSON")
     p.set_defaults(func=cmd_run)
     p = with_recipe("status", "per stage: done / stale / pending, fingerprint, folder")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
     with_recipe("card", "re-render model_cards/<name>.md from the finished run").set_defaults(func=cmd_card)
     with_recipe("validate", "check the recipe without running anything").set_defaults(func=cmd_validate)
+    p = sub.add_parser("compare", help="evaluation scores of two model cards side by side")
+    p.add_argument("card_a", help="model card written by hfpipe (.md, or the folder with its README.md)")
+    p.add_argument("card_b")
+    p.set_defaults(func=cmd_compare)
+    p = with_recipe("push", "upload the finished export (weights, tokenizer, card) to the Hugging Face Hub")
+    p.add_argument("--repo-id", required=True, help="namespace/name on the Hub (HF_ENDPOINT honoured)")
+    p.add_argument("--revision", default=None, help="branch to create (default: run-<deploy fingerprint[:12]>)")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--dry-run", action="store_true", help="list what would be uploaded; no network")
+    p.add_argument("--force", action="store_true", help="replace the content of an existing revision")
+    p.set_defaults(func=cmd_push)
+    p = sub.add_parser("reproduce", help="re-run the recipe embedded in a model card; compare fingerprints and weights")
+    p.add_argument("card", help="model card (model_cards/<name>.md or an export's README.md)")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides (a changed key is reported as a difference)")
+    p.add_argument("--recipe-dir", default=None, help="folder the recipe's relative paths are relative to "
+                   "(default: recipes/ beside the card's model_cards/ folder, else the card's folder)")
+    p.set_defaults(func=cmd_reproduce)
     p = sub.add_parser("schema", help="JSON schema of the recipe (all sections, or one)")
     p.add_argument("stage", nargs="?")
     p.set_defaults(func=cmd_schema)
     return parser
 
 
+class _Terminated(BaseException):
+    """SIGTERM outside pretraining's own handler: unwind like Ctrl-C (the stage's .partial folder stays unpromoted)."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.func(args)
     except HfpipeError as e:
@@ -139,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hfpipe: interrupted; finished stages are kept, re-run to continue", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("hfpipe: stopped by SIGTERM; finished stages are kept, re-run the same command to continue", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

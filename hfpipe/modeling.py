@@ -49,7 +49,9 @@ def load_model_and_tokenizer(inputs: Inputs, torch_dtype=None):
 
     model_dir = inputs.model_dir()
     if model_dir is not None:
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype), AutoTokenizer.from_pretrained(model_dir)
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype), AutoTokenizer.from_pretrained(model_dir)
+        check_vocab(model, tokenizer, f"{inputs.model_stage} model {model_dir}")
+        return model, tokenizer
     ref = inputs.base_model
     if ref is None:
         raise HfpipeError("this stage needs a model: add a pretrain stage before it or set base_model in the recipe", 2)
@@ -59,15 +61,28 @@ def load_model_and_tokenizer(inputs: Inputs, torch_dtype=None):
         kwargs["gguf_file"] = ref.gguf_file
         if Path(where).is_dir() and not (Path(where) / ref.gguf_file).is_file():
             raise HfpipeError(f"base_model.gguf_file: '{ref.gguf_file}' not found in {where}", 2)
+    what = f"base_model '{ref.name_or_path}'" + (f" (gguf_file '{ref.gguf_file}')" if ref.gguf_file else "")
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **kwargs)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # truncated/corrupt files surface as many library error types; all mean "cannot load"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise HfpipeError(f"base_model '{ref.name_or_path}' could not be loaded: {first}", 1) from e
+        raise HfpipeError(f"{what} could not be loaded: {type(e).__name__}: {first}", 1) from e
+    check_vocab(model, tokenizer, what)
+    if ref.gguf_file:  # GGUF weights are dequantized on load; drop the marker so Trainer and save_pretrained see plain weights
+        model.hf_quantizer, model.is_quantized = None, False
+        model.config.__dict__.pop("quantization_config", None)
     if tokenizer.chat_template is None:
         tokenizer.chat_template = default_chat_template()
     return model, tokenizer
+
+
+def check_vocab(model, tokenizer, what: str) -> None:
+    """A tokenizer that can emit ids past the embedding matrix trains and saves silently, then fails at inference."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise HfpipeError(f"{what}: tokenizer vocabulary ({len(tokenizer)} tokens) does not match the model "
+                          f"(embedding of {rows} rows); use the tokenizer the model was trained with", 2)
 
 
 def save_model(model, tokenizer, folder: Path) -> Path:

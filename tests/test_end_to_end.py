@@ -40,12 +40,12 @@ def test_tiny_recipe_runs_every_stage_and_writes_a_card(tiny_run):
     from huggingface_hub import ModelCard
 
     work, res, wall = tiny_run
-    assert ran(res) == ["data", "tokenizer", "pretrain", "sft", "preference", "eval", "deploy"]
+    assert ran(res) == ["data", "tokenizer", "pretrain", "sft", "preference", "rl", "eval", "deploy"]
     card_path = work / "cards" / "tiny.md"
     card = ModelCard.load(card_path)
     assert card.data.eval_results, "eval results missing from the card metadata"
     text = card_path.read_text()
-    for stage in ("data", "tokenizer", "pretrain", "sft", "preference", "eval", "deploy"):
+    for stage in ("data", "tokenizer", "pretrain", "sft", "preference", "rl", "eval", "deploy"):
         fp = next((work / "runs" / "tiny").glob(f"{stage}-*")).name.split("-")[1]
         assert fp in text, f"{stage} fingerprint not in the card"
     assert "name: tiny" in text  # the resolved recipe is embedded
@@ -60,9 +60,9 @@ def test_rerun_skips_everything_and_status_is_done(tiny_run):
     res = hfpipe("run", str(TINY), work=work)
     wall = time.time() - t0
     assert res.returncode == 0, res.stderr[-2000:]
-    assert ran(res) == [] and res.stderr.count("skipped") == 7
+    assert ran(res) == [] and res.stderr.count("skipped") == 8
     status = json.loads(hfpipe("status", str(TINY), "--json", work=work).stdout)
-    assert [s["status"] for s in status] == ["done"] * 7
+    assert [s["status"] for s in status] == ["done"] * 8
     print(f"cached re-run: {wall:.1f}s")
 
 
@@ -78,7 +78,7 @@ def test_tokenizer_override_invalidates_tokenizer_and_downstream_not_data(tiny_r
     res = hfpipe("status", str(TINY), "tokenizer.vocab_size=1000", "--json", work=work)
     status = {s["stage"]: s["status"] for s in json.loads(res.stdout)}
     assert status["data"] == "done"
-    assert all(status[s] != "done" for s in ("tokenizer", "pretrain", "sft", "preference", "eval", "deploy"))
+    assert all(status[s] != "done" for s in ("tokenizer", "pretrain", "sft", "preference", "rl", "eval", "deploy"))
 
 
 def test_card_command_rerenders(tiny_run):
@@ -96,9 +96,11 @@ def test_chat_template_is_byte_identical_from_tokenizer_to_export(tiny_run):
 
     work, _, _ = tiny_run
     runs = work / "runs" / "tiny"
-    folder = {s: next(runs.glob(f"{s}-*")) for s in ("tokenizer", "pretrain", "sft", "preference", "eval", "deploy")}
+    stages = ("tokenizer", "pretrain", "sft", "preference", "rl", "eval", "deploy")
+    folder = {s: next(runs.glob(f"{s}-*")) for s in stages}
     tokenizers = {"tokenizer": folder["tokenizer"] / "tokenizer", "pretrain": folder["pretrain"] / "model",
                   "sft": folder["sft"] / "model", "preference": folder["preference"] / "model",
+                  "rl": folder["rl"] / "model",
                   "deploy": folder["deploy"] / "export"}
     chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"},
             {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And of Peru? 🙂"}]

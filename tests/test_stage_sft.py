@@ -153,7 +153,7 @@ def test_qlora_without_gpu_and_mixed_config_are_one_line_errors(tiny_model_dir, 
     import torch
 
     with pytest.raises(ValueError, match="either 'datasets'"):
-        sft.Config(dataset="hfpipe:sft_chat.jsonl", datasets=[{"name": "hfpipe:tool_use.jsonl"}])
+        sft.Config(dataset="my_chats.jsonl", datasets=[{"name": "hfpipe:tool_use.jsonl"}])
     if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes"):
         pytest.skip("this machine can run QLoRA")
     config = sft.Config(**FAST, lora={"load_in_4bit": True})

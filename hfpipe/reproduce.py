@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -22,6 +23,28 @@ from hfpipe.errors import HfpipeError
 OUTPUT_DIRS = ("model", "export", "tokenizer", "data")
 OUTPUT_SUFFIXES = (".safetensors", ".gguf", ".jsonl", ".jsonl.gz", ".json")
 SKIP_NAMES = ("README.md", "manifest.json", "stats.json", "report.json", "parity.json")
+
+
+def _hash_safetensors(path: Path, h) -> None:
+    """Tensors by name (dtype, shape, bytes) and the metadata, not the file's bytes: the same tensors can be laid out
+    in another order (seen with torchao's int8 export: equal tensors, different files)."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        try:
+            header = json.loads(f.read(n)) if 0 < n <= path.stat().st_size - 8 else None
+        except ValueError:
+            header = None
+        if not isinstance(header, dict):  # not a safetensors file after all: its bytes
+            f.seek(0)
+            h.update(f.read())
+            return
+        start = 8 + n
+        h.update(json.dumps(header.pop("__metadata__", {}), sort_keys=True).encode())
+        for name in sorted(header):
+            info = header[name]
+            begin, end = info["data_offsets"]
+            f.seek(start + begin)
+            h.update(f"{name}:{info['dtype']}:{info['shape']}".encode() + b"\0" + f.read(end - begin))
 
 
 def output_digest(folder: Path) -> str | None:
@@ -35,7 +58,9 @@ def output_digest(folder: Path) -> str | None:
     h = hashlib.sha256()
     for p in files:
         h.update(str(p.relative_to(folder)).encode() + b"\0")
-        if p.name.endswith(".gz"):
+        if p.name.endswith(".safetensors"):
+            _hash_safetensors(p, h)
+        elif p.name.endswith(".gz"):
             with gzip.open(p, "rb") as f:
                 while block := f.read(1 << 20):
                     h.update(block)

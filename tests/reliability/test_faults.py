@@ -92,12 +92,15 @@ def partial_of(runs: Path, stage: str) -> Path | None:
 def interrupt_at(work: Path, runs: Path, stage: str, sig: int, delay_s: float):
     """Start `hfpipe run`, wait until `stage` is running, wait delay_s more, send sig; (exit code, stderr)."""
     proc = subprocess.Popen(cli_cmd(work, runs), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            cwd=work, env=cli_env())
+                            cwd=work, env=cli_env(), start_new_session=True)
     while proc.poll() is None and partial_of(runs, stage) is None:
         time.sleep(0.02)
     time.sleep(delay_s)
     if proc.poll() is None:
-        proc.send_signal(sig)
+        if sig == signal.SIGKILL:  # a lost machine: every process of the run dies at once (datatrove's workers too)
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
     _, err = proc.communicate(timeout=600)
     return proc.returncode, err
 

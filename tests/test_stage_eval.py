@@ -179,3 +179,17 @@ def test_smollm2_scores_clearly_above_chance(make_inputs, tmp_path):
     metrics = stage.run(config, make_inputs(base_model=base), tmp_path)
     # chance is 0.25: P(>= 18 of 40 right by guessing) ~ 0.005
     assert metrics["capitals/acc"] >= 0.45 and metrics["capitals/acc_norm"] >= 0.45, metrics
+
+
+def test_vllm_backend_without_vllm_is_a_one_line_error(tiny_model_dir, make_inputs, tmp_path):
+    """The vLLM path (cluster recipe) needs vllm and a GPU: here it must stop with one line naming the key."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed on this machine")
+    config = stage.Config(tasks=["capitals"], limit=2, backend="vllm", model_args={"tensor_parallel_size": 1})
+    inputs = make_inputs(upstream={"pretrain": tiny_model_dir.parent}, model_stage="pretrain")
+    with pytest.raises(HfpipeError, match=r"eval.backend: vllm is not installed") as e:
+        stage.run(config, inputs, tmp_path / "out")
+    assert e.value.exit_code == 2 and "\n" not in str(e.value)
+

@@ -48,6 +48,12 @@ class Config(StageConfig):
     max_gen_toks: int | None = Field(None, ge=1, description="cap on generated tokens for every generative task "
                                      "(lm-eval gen_kwargs); None = each task's own. Small-context models need it: "
                                      "the prompt gets max_length - max_gen_toks tokens")
+    backend: Literal["hf", "vllm"] = Field("hf", description="lm-eval model: hf = transformers in this process "
+                                           "(HFLM around the loaded model); vllm = lm-eval's VLLM on the upstream "
+                                           "model folder (a GPU and `pip install vllm`; scores only, no latency)")
+    model_args: dict[str, str | int | float | bool] = Field(
+        {}, description="extra keyword arguments of the lm-eval model (vllm: tensor_parallel_size, "
+        "gpu_memory_utilization, dtype, ...), like lm_eval --model_args")
     apply_chat_template: bool = Field(False, description="wrap each prompt in the tokenizer's chat template "
                                       "(for chat-tuned models)")
     bootstrap_iters: int = Field(1000, ge=0, description="bootstrap resamples for the stderr of non-mean metrics "
@@ -112,6 +118,25 @@ def _baseline_metrics(config: Config, inputs: Inputs) -> dict[str, float] | None
         raise HfpipeError(f"eval.baseline: {e}", 2) from e
 
 
+def _vllm(config: Config, inputs: Inputs):
+    """lm-eval's VLLM model on the upstream model folder (vLLM loads weights itself; it cannot take a model object)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise HfpipeError("eval.backend: vllm is not installed (pip install vllm, on a CUDA machine); "
+                          "use backend: hf on CPU", 2)
+    folder = inputs.model_dir()
+    if folder is None:
+        if inputs.base_model is None or inputs.base_model.gguf_file:
+            raise HfpipeError("eval.backend: vllm needs a model folder or Hub id (an upstream model stage or a "
+                              "non-GGUF base_model)", 2)
+        folder = inputs.base_model.name_or_path
+    from lm_eval.models.vllm_causallms import VLLM
+
+    return VLLM(pretrained=str(folder), batch_size=config.batch_size, max_length=config.max_length,
+                seed=inputs.seed, **config.model_args)
+
+
 def _latency(config: Config, model, tokenizer) -> dict | None:
     from hfpipe.eval_latency import measure
 
@@ -157,9 +182,14 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
 
     # ---------------------------------------------------------------- model, wrapped for lm-eval in memory
     transformers.set_seed(inputs.seed)
-    model, tokenizer = load_model_and_tokenizer(inputs)
-    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=config.batch_size, max_length=config.max_length)
+    if config.backend == "vllm":
+        model = tokenizer = None
+        lm = _vllm(config, inputs)
+    else:
+        model, tokenizer = load_model_and_tokenizer(inputs)
+        model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=config.batch_size, max_length=config.max_length,
+                  **config.model_args)
 
     # ---------------------------------------------------------------- evaluate
     try:
@@ -191,7 +221,7 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
         tasks[name] = entry
 
     # ---------------------------------------------------------------- latency and cost, regression vs the baseline
-    latency = _latency(config, model, tokenizer)
+    latency = _latency(config, model, tokenizer) if model is not None else None
     regression = _regression(config, baseline, metrics, tasks) if baseline is not None else None
 
     # ---------------------------------------------------------------- results.json

@@ -146,6 +146,18 @@ def split_holdout(rows: list[dict], fraction: float, field: str) -> tuple[list[d
     return train, held
 
 
+def load_split(dataset: str, eval_dataset: str | None, recipe_dir: Path, key: str, loader, eval_fraction: float,
+               field: str = "prompt") -> tuple[list[dict], list[dict], Path, Path]:
+    """(train rows, held-out rows, train file, held-out file) of one set: `eval_dataset` when given, else
+    `eval_fraction` of `dataset` held out by split_holdout on `field`. `key` names the recipe key in errors."""
+    train_path = resolve_dataset(dataset, recipe_dir, f"{key}.dataset")
+    train_rows = loader(train_path)
+    if eval_dataset is None:
+        return (*split_holdout(train_rows, eval_fraction, field), train_path, train_path)
+    eval_path = resolve_dataset(eval_dataset, recipe_dir, f"{key}.eval_dataset")
+    return train_rows, loader(eval_path), train_path, eval_path
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Mixtures: several sets in any TRL standard format, normalised, weighted, with provenance
 

@@ -21,7 +21,7 @@ import json
 import re
 from pathlib import Path
 
-from hfpipe.chatdata import read_jsonl, resolve_dataset, split_holdout
+from hfpipe.chatdata import load_split, read_jsonl
 from hfpipe.errors import HfpipeError
 
 PROMPT_ROLES = ("system", "user", "assistant")
@@ -85,14 +85,8 @@ def _tool_name(tool) -> str | None:
 def load_prompt_split(config, inputs) -> tuple[list[dict], list[dict], Path, Path]:
     """The rl stage's train and held-out prompts (rl.Config, Inputs): filtered by `tasks`, checked against the
     rewards that need a field, and cut to whole evaluation batches."""
-    train_path = resolve_dataset(config.dataset, inputs.recipe_dir, "rl.dataset")
-    train_rows = load_prompts(train_path)
-    if config.eval_dataset is None:
-        eval_path = train_path
-        train_rows, eval_rows = split_holdout(train_rows, config.eval_fraction, "prompt")
-    else:
-        eval_path = resolve_dataset(config.eval_dataset, inputs.recipe_dir, "rl.eval_dataset")
-        eval_rows = load_prompts(eval_path)
+    train_rows, eval_rows, train_path, eval_path = load_split(
+        config.dataset, config.eval_dataset, inputs.recipe_dir, "rl", load_prompts, config.eval_fraction)
     if config.tasks is not None:
         have = sorted({r["task"] for r in train_rows + eval_rows})
         train_rows = [r for r in train_rows if r["task"] in config.tasks]

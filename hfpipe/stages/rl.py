@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from hfpipe import rl_rewards
-from hfpipe.chatdata import load_preferences, resolve_dataset, split_holdout
+from hfpipe.chatdata import load_preferences, load_split, resolve_dataset
 from hfpipe.errors import HfpipeError
 from hfpipe.stages import Inputs, StageConfig
 
@@ -135,14 +135,8 @@ def train_reward_model(rm: RewardModelSettings, inputs: Inputs, out_dir: Path) -
 
     from hfpipe.modeling import default_chat_template
 
-    train_path = resolve_dataset(rm.dataset, inputs.recipe_dir, "rl.reward_model.dataset")
-    train_rows = load_preferences(train_path)
-    if rm.eval_dataset is None:
-        eval_path = train_path
-        train_rows, eval_rows = split_holdout(train_rows, rm.eval_fraction, "prompt")
-    else:
-        eval_path = resolve_dataset(rm.eval_dataset, inputs.recipe_dir, "rl.reward_model.eval_dataset")
-        eval_rows = load_preferences(eval_path)
+    train_rows, eval_rows, train_path, eval_path = load_split(
+        rm.dataset, rm.eval_dataset, inputs.recipe_dir, "rl.reward_model", load_preferences, rm.eval_fraction)
     if not train_rows or not eval_rows:
         raise HfpipeError(f"rl: {train_path}: holding out eval_fraction={rm.eval_fraction} left {len(train_rows)} "
                           f"train / {len(eval_rows)} eval pairs; change rl.reward_model.eval_fraction", 2)

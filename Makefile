@@ -9,7 +9,7 @@ HFPIPE := $(BIN)/hfpipe
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test slow_test bench card status validate schema clean data tokenizer pretrain sft preference rl eval deploy
+.PHONY: setup run test slow_test bench card status validate schema clean data tokenizer pretrain sft preference rl eval deploy serve loadtest
 
 setup: $(VENV)/.installed
 
@@ -39,6 +39,15 @@ bench: setup
 # make data|tokenizer|pretrain|sft|preference|eval|deploy RECIPE=...: run the recipe up to and including that stage
 data tokenizer pretrain sft preference rl eval deploy: setup
 	$(HFPIPE) run $(RECIPE) --until $@
+
+# make serve: the finished export behind transformers serve + the hfpipe router, until Ctrl-C (runs the recipe first)
+serve: setup
+	$(HFPIPE) run $(RECIPE) --until deploy
+	$(HFPIPE) serve $(RECIPE)
+
+# make loadtest: the recipe's serve stage (start, bounded load test, stop); figures go into the card
+loadtest: setup
+	$(HFPIPE) run $(RECIPE)
 
 card: setup
 	$(HFPIPE) card $(RECIPE)

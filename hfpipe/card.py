@@ -299,6 +299,42 @@ def _parity_facts(parity: Any) -> dict[str, Any] | None:
             "task": _fmt(parity.get("task") or "")}
 
 
+def _serving_facts(folder: Path | None, eval_results: Any) -> dict[str, Any] | None:
+    """The serve stage's load test (loadtest.json) and command lines (serve.json), beside the eval stage's in-process
+    latency at batch size 1."""
+    if folder is None:
+        return None
+    lt, sv = _read_json(folder / "loadtest.json"), _read_json(folder / "serve.json")
+    if not isinstance(lt, dict):
+        return None
+    sv = sv if isinstance(sv, dict) else {}
+    rows = [("requests (ok / sent / planned)", f"{lt.get('requests_ok')} / {lt.get('requests_sent')} / "
+             f"{lt.get('requests_planned')}"), ("concurrency", lt.get("concurrency")),
+            ("max_tokens per request", lt.get("max_tokens")), ("streamed", lt.get("stream")),
+            ("latency p50 (s)", lt.get("latency_p50_s")), ("latency p95 (s)", lt.get("latency_p95_s")),
+            ("time to first token p50 / p95 (s)", f"{_fmt(lt['ttft_p50_s'])} / {_fmt(lt['ttft_p95_s'])}"
+             if lt.get("ttft_p50_s") is not None else "not streamed"),
+            ("requests/s", lt.get("requests_per_s")), ("generated tokens/s", lt.get("completion_tokens_per_s")),
+            ("errors", lt.get("errors")), ("finish reasons", lt.get("finish_reasons")),
+            ("answers per variant", lt.get("variant_counts")), ("wall (s)", lt.get("wall_s"))]
+    lat = (eval_results or {}).get("latency") if isinstance(eval_results, dict) else None
+    b1 = ((lat or {}).get("batch_sizes") or {}).get("1") if isinstance(lat, dict) else None
+    if isinstance(b1, dict) and b1.get("latency_p50_s") is not None:
+        rows.append((f"eval stage, in-process generate, batch 1, {lat.get('new_tokens')} new tokens: latency p50 / "
+                     f"p95 (s)", f"{_fmt(b1['latency_p50_s'])} / {_fmt(b1.get('latency_p95_s'))}"))
+    split = lt.get("split") if isinstance(lt.get("split"), dict) else None
+    eos = lt.get("eos_check") if isinstance(lt.get("eos_check"), dict) else {}
+    return {"engine": _fmt(lt.get("engine") or sv.get("engine") or "?"), "rule": _fmt(lt.get("route_rule") or "?"),
+            "variants": [_fmt(v) for v in lt.get("variants") or []], "cb": bool(lt.get("continuous_batching")),
+            "rows": [(_fmt(k), _fmt(v)) for k, v in rows],
+            "split": {k: _fmt(split.get(k)) for k in ("expected", "observed", "max_abs_deviation", "tolerance",
+                                                      "within_tolerance", "n")} if split else None,
+            "eos": [(_fmt(v), _fmt(e.get("finish_reason")), _fmt(e.get("completion_tokens"))) for v, e in eos.items()
+                    if isinstance(e, dict)],
+            "eos_tokens": _fmt(sv.get("eos_tokens") or ""), "template_sha": _fmt(sv.get("chat_template_sha256") or ""),
+            "commands": [(_fmt(v), c) for v, c in (sv.get("commands") or {}).items() if isinstance(c, dict)]}
+
+
 def _environment() -> dict[str, Any]:
     """Platform, and a hash of every installed distribution (name==version, sorted): one value to compare setups."""
     import hashlib
@@ -339,7 +375,7 @@ def build_card(recipe_name: str, recipe_yaml: str, stages: dict[str, Path], *, p
 
     # ---- metadata (YAML front matter) ----
     meta = _recipe_meta(recipe_yaml, recipe_dir)
-    eval_rows, eval_results, harness, eval_extra, eval_entries = [], [], None, [], []
+    eval_rows, eval_results, harness, eval_extra, eval_entries, results = [], [], None, [], [], None
     if "eval" in stages:
         results = _read_json(Path(stages["eval"]) / "results.json")
         eval_rows, eval_results, harness = _eval_facts(results)
@@ -372,6 +408,7 @@ def build_card(recipe_name: str, recipe_yaml: str, stages: dict[str, Path], *, p
         versions=_versions(manifests), git=_git_state(),
         writer={"hfpipe": hfpipe.__version__, "python": platform.python_version()}, env=_environment(),
         parity=_parity_facts(parity),
+        serving=_serving_facts(Path(stages["serve"]) if "serve" in stages else None, results),
         repro_block=f"<!-- hfpipe-reproduce\n{repro_json}\n-->")
     card.hfpipe_assets = assets  # image files write_card copies beside the card (name -> source)
     card.hfpipe_eval_results = eval_entries  # huggingface_hub EvalResultEntry list for .eval_results/ (Hub benchmarks)

@@ -1,4 +1,4 @@
-"""`hfpipe` command line: run, status, card, validate, compare, schema, push, reproduce.
+"""`hfpipe` command line: run, status, card, validate, compare, schema, push, reproduce, serve, loadtest.
 
 Exit codes: 0 ok, 1 a stage failed while running, 2 bad usage or recipe. Errors are one line; --debug shows the
 traceback.
@@ -132,6 +132,85 @@ def cmd_reproduce(args) -> int:
     return 0 if report["identical"] else 1
 
 
+def _serve_section(recipe, command: str):
+    if recipe.serve is None:
+        raise HfpipeError(f"{command}: recipe '{recipe.name}' has no serve section; add `serve: {{}}` (defaults: "
+                          f"transformers serve on the full export)", 2)
+    return recipe.serve
+
+
+def cmd_serve(args) -> int:
+    """The serve stage's stack in the foreground: backends + router until Ctrl-C / SIGTERM (then both are stopped)."""
+    import time
+
+    from hfpipe import serving
+    from hfpipe.hub import export_folder
+    from hfpipe.recipe import load_recipe
+    from hfpipe.stages.serve import commands, route_rule
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    config = _serve_section(recipe, "serve")
+    variants = args.variant or list(config.variants)
+    stray = [v for v in variants if v not in config.variants]
+    if stray:
+        raise HfpipeError(f"serve: --variant {stray[0]} is not in serve.variants {list(config.variants)}", 2)
+    export, _ = export_folder(recipe, _runs_dir(args), command="serve")
+    if args.print_commands:
+        for variant, cmds in commands(config, serving.variant_dirs(export, variants), recipe.name).items():
+                print(f"# {variant}\n" + "\n".join(f"{engine}: {cmd}" for engine, cmd in cmds.items()))
+        return 0
+    why = serving.engine_available(config.engine)
+    if why:
+        raise HfpipeError(f"serve: {config.engine} cannot start here: {why}", 2)
+    host, port = args.host or config.host, args.port or config.port
+    if not serving.is_loopback(host):
+        print(f"hfpipe: warning: the router listens on {host}, beyond this machine; it has no authentication",
+              file=sys.stderr)
+    log_dir = _runs_dir(args) / recipe.name / "_serve"  # not "serve-*": that is the stage folders' pattern
+    folders = serving.variant_dirs(export, variants)
+    with serving.Stack(folders, config, log_dir, route_rule(config, recipe.seed, variants), recipe.name, host=host,
+                       port=port) as stack:
+        print(f"serving {recipe.name} ({', '.join(variants)}; {config.engine}; rule {stack.rule.rule}) at "
+              f"{stack.url}/v1 -- metrics {stack.url}/metrics, route log {log_dir}/route.jsonl; Ctrl-C stops",
+              flush=True)
+        while True:
+            dead = [b for b in stack.backends if b.proc.poll() is not None]
+            if dead:
+                raise HfpipeError(f"serve: the {dead[0].variant} backend exited with code {dead[0].proc.returncode}: "
+                                  f"{serving.last_line(dead[0].log)} (log: {dead[0].log})", 1)
+            time.sleep(1)
+
+
+def cmd_loadtest(args) -> int:
+    """Against --url: print the figures. Otherwise run the recipe's serve stage (start, load-test, stop; into the card)."""
+    from hfpipe.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    config = _serve_section(recipe, "loadtest")
+    if args.url:
+        from hfpipe.loadtest import run_loadtest
+
+        lt = config.loadtest
+        prompts = recipe.recipe_dir / lt.prompts if lt.prompts else None
+        result = run_loadtest(args.url, requests=lt.requests, concurrency=lt.concurrency, max_seconds=lt.max_seconds,
+                              max_tokens=lt.max_tokens, prompts_file=prompts, stream=lt.stream,
+                              timeout_s=lt.request_timeout_s)
+        result.pop("_records")
+        print(json.dumps(result, indent=2))
+        return 0 if result["errors"] == 0 and result["requests_ok"] > 0 else 1
+    from hfpipe import runner
+
+    runner.setup_logging()
+    runner.run(recipe, _runs_dir(args), only=["serve"], force=["serve"] if args.force else ())
+    path = write_card(recipe, _runs_dir(args), _cards_dir(args))
+    folder = runner.finished_stages(recipe, _runs_dir(args))["serve"]
+    summary = json.loads((folder / "loadtest.json").read_text())
+    print(f"loadtest: {summary['requests_ok']}/{summary['requests_sent']} ok, p50 {summary['latency_p50_s']:.3f} s, "
+          f"p95 {summary['latency_p95_s']:.3f} s, {summary['requests_per_s']:.2f} req/s, "
+          f"{summary['completion_tokens_per_s']:.1f} tokens/s ({folder / 'loadtest.json'}; card: {path})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hfpipe import __version__
 
@@ -179,6 +258,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe-dir", default=None, help="folder the recipe's relative paths are relative to "
                    "(default: recipes/ beside the card's model_cards/ folder, else the card's folder)")
     p.set_defaults(func=cmd_reproduce)
+    p = with_recipe("serve", "serve the finished export: the recipe's engine per variant behind the hfpipe router "
+                    "(OpenAI-compatible /v1, Prometheus /metrics); runs until Ctrl-C")
+    p.add_argument("--variant", action="append", metavar="NAME", help="serve only this variant (repeatable; default: "
+                   "serve.variants)")
+    p.add_argument("--host", default=None, help="router address (default: serve.host, loopback)")
+    p.add_argument("--port", type=int, default=None, help="router port (default: serve.port)")
+    p.add_argument("--print-commands", action="store_true", help="print the transformers / vLLM / TGI command lines "
+                   "for each variant and exit")
+    p.set_defaults(func=cmd_serve)
+    p = with_recipe("loadtest", "bounded load test: run the serve stage (start, test, stop; figures into the card), "
+                    "or test a running endpoint with --url")
+    p.add_argument("--url", default=None, help="loopback base URL of a running server (http://127.0.0.1:8000); "
+                   "prints the figures, writes nothing")
+    p.add_argument("--force", action="store_true", help="re-run the serve stage even if it is done")
+    p.set_defaults(func=cmd_loadtest)
     p = sub.add_parser("schema", help="JSON schema of the recipe (all sections, or one)")
     p.add_argument("stage", nargs="?")
     p.set_defaults(func=cmd_schema)

@@ -28,20 +28,20 @@ def endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
 
 
-def export_folder(recipe, runs_dir: Path) -> tuple[Path, str]:
-    """(deploy/export folder, deploy fingerprint) of the recipe's finished run."""
+def export_folder(recipe, runs_dir: Path, command: str = "push") -> tuple[Path, str]:
+    """(deploy/export folder, deploy fingerprint) of the recipe's finished run; errors start with ``command``."""
     from hfpipe import runner
 
     plans = {p.name: p for p in runner.plan(recipe, runs_dir)}
     deploy = plans.get("deploy")
     if deploy is None:
-        raise HfpipeError(f"push: recipe '{recipe.name}' has no deploy stage; add a `deploy:` section", 2)
+        raise HfpipeError(f"{command}: recipe '{recipe.name}' has no deploy stage; add a `deploy:` section", 2)
     if not deploy.done:
-        raise HfpipeError(f"push: the deploy stage of '{recipe.name}' has not finished with the current recipe "
+        raise HfpipeError(f"{command}: the deploy stage of '{recipe.name}' has not finished with the current recipe "
                           f"({deploy.folder} missing); run `hfpipe run` first", 2)
     folder = deploy.folder / "export"
     if not (folder / "README.md").is_file():
-        raise HfpipeError(f"push: {folder} has no README.md (model card); re-run the deploy stage with --force deploy", 1)
+        raise HfpipeError(f"{command}: {folder} has no README.md (model card); re-run the deploy stage with --force deploy", 1)
     return folder, deploy.fingerprint
 
 

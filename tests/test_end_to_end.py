@@ -40,12 +40,12 @@ def test_tiny_recipe_runs_every_stage_and_writes_a_card(tiny_run):
     from huggingface_hub import ModelCard
 
     work, res, wall = tiny_run
-    assert ran(res) == ["data", "tokenizer", "pretrain", "sft", "preference", "rl", "eval", "deploy"]
+    assert ran(res) == ["data", "tokenizer", "pretrain", "sft", "preference", "rl", "eval", "deploy", "serve"]
     card_path = work / "cards" / "tiny.md"
     card = ModelCard.load(card_path)
     assert card.data.eval_results, "eval results missing from the card metadata"
     text = card_path.read_text()
-    for stage in ("data", "tokenizer", "pretrain", "sft", "preference", "rl", "eval", "deploy"):
+    for stage in ("data", "tokenizer", "pretrain", "sft", "preference", "rl", "eval", "deploy", "serve"):
         fp = next((work / "runs" / "tiny").glob(f"{stage}-*")).name.split("-")[1]
         assert fp in text, f"{stage} fingerprint not in the card"
     assert "name: tiny" in text  # the resolved recipe is embedded
@@ -60,17 +60,17 @@ def test_rerun_skips_everything_and_status_is_done(tiny_run):
     res = hfpipe("run", str(TINY), work=work)
     wall = time.time() - t0
     assert res.returncode == 0, res.stderr[-2000:]
-    assert ran(res) == [] and res.stderr.count("skipped") == 8
+    assert ran(res) == [] and res.stderr.count("skipped") == 9
     status = json.loads(hfpipe("status", str(TINY), "--json", work=work).stdout)
-    assert [s["status"] for s in status] == ["done"] * 8
+    assert [s["status"] for s in status] == ["done"] * 9
     print(f"cached re-run: {wall:.1f}s")
 
 
-def test_eval_override_reruns_only_eval_and_deploy(tiny_run):
+def test_eval_override_reruns_only_eval_deploy_and_serve(tiny_run):
     work, _, _ = tiny_run
     res = hfpipe("run", str(TINY), "eval.limit=20", work=work)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert ran(res) == ["eval", "deploy"]
+    assert ran(res) == ["eval", "deploy", "serve"]
 
 
 def test_tokenizer_override_invalidates_tokenizer_and_downstream_not_data(tiny_run):
@@ -78,7 +78,8 @@ def test_tokenizer_override_invalidates_tokenizer_and_downstream_not_data(tiny_r
     res = hfpipe("status", str(TINY), "tokenizer.vocab_size=1000", "--json", work=work)
     status = {s["stage"]: s["status"] for s in json.loads(res.stdout)}
     assert status["data"] == "done"
-    assert all(status[s] != "done" for s in ("tokenizer", "pretrain", "sft", "preference", "rl", "eval", "deploy"))
+    assert all(status[s] != "done" for s in ("tokenizer", "pretrain", "sft", "preference", "rl", "eval", "deploy",
+                                             "serve"))
 
 
 def test_card_command_rerenders(tiny_run):
@@ -130,3 +131,57 @@ def test_card_has_the_tokenizer_fertility_table(tiny_run):
     assert all(len(r) == 11 and all(r) for r in rows), "a cell is empty (reference tokenizer missing?)"
     for r in rows:  # bytes/token and tokens/word, ours and the reference's, are positive numbers
         assert all(float(v) > 0 for v in r[3:7])
+
+
+def test_card_has_the_load_test_beside_the_eval_latency(tiny_run):
+    work, _, _ = tiny_run
+    card = (work / "cards" / "tiny.md").read_text()
+    section = card.split("## Serving", 1)[1].split("\n## ", 1)[0]
+    lt = json.loads(next((work / "runs" / "tiny").glob("serve-*/loadtest.json")).read_text())
+    assert lt["requests_ok"] == 48 and lt["split"]["within_tolerance"]
+    for row in ("| latency p50 (s) |", "| latency p95 (s) |", "| requests/s |", "| generated tokens/s |",
+                "| eval stage, in-process generate, batch 1, 16 new tokens: latency p50 / p95 (s) |"):
+        assert row in section, row
+    assert "Router split against its rule over 48 requests" in section and "| int8 | stop |" in section
+
+
+def test_serve_command_serves_until_sigterm(tiny_run):
+    """`hfpipe serve` in the foreground: answers on its port, stops its backends on SIGTERM (exit 143)."""
+    import signal
+    import socket
+
+    import httpx
+
+    work, _, _ = tiny_run
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    cmd = [sys.executable, "-m", "hfpipe.cli", "--runs-dir", str(work / "runs"), "--cards-dir", str(work / "cards"),
+           "serve", str(TINY), "--variant", "int8", "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        banner = proc.stdout.readline()
+        assert f"at http://127.0.0.1:{port}/v1" in banner, (banner, proc.stderr.read() if proc.poll() else "")
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60,
+                       json={"messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 4})
+        assert r.status_code == 200 and r.headers["x-hfpipe-variant"] == "int8"
+        assert r.json()["choices"][0]["finish_reason"] in ("stop", "length")
+        assert "hfpipe_requests_total" in httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        log = work / "runs" / "tiny" / "_serve" / "backend-int8.log"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert log.is_file()
+    backends = [p for p in Path("/proc").glob("[0-9]*") if _cmdline(p).count("transformers.cli.transformers") and
+                str(work) in _cmdline(p)]
+    assert backends == [], "a backend outlived `hfpipe serve`"
+
+
+def _cmdline(proc_dir: Path) -> str:
+    try:
+        return (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

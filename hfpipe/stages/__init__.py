@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-STAGES: tuple[str, ...] = ("data", "tokenizer", "pretrain", "sft", "preference", "rl", "eval", "deploy")
+STAGES: tuple[str, ...] = ("data", "tokenizer", "pretrain", "sft", "preference", "rl", "eval", "deploy", "serve")
 MODEL_STAGES: tuple[str, ...] = ("pretrain", "sft", "preference", "rl")
 
 

@@ -23,7 +23,7 @@ from hfpipe.errors import HfpipeError
 from hfpipe.stages import STAGES, Inputs, StageConfig, resolve_path
 
 # "model" is the weights to export; every other finished stage is read only for the model card.
-READS = ("model",) + tuple(s for s in STAGES if s != "deploy")
+READS = ("model",) + tuple(s for s in STAGES[: STAGES.index("deploy")])
 CARD = {"name": "Export: safetensors, torchao quantization, GGUF + Hugging Face model card", "paper": None,
         "citation": None}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")

@@ -379,6 +379,32 @@ def c_disk_full_during_checkpoint(work, _):
     return Case(run_recipe(work, r), 1, ["pretrain", "No space left on device", "step-00000002"], prelude=DISK_FULL)
 
 
+# ---- serving: the serve stage, `hfpipe serve`, `hfpipe loadtest`
+
+
+@case
+def c_serve_variant_not_exported(work, _):
+    r = recipe(work, serve={"variants": ["full", "int4"]})
+    return Case(run_recipe(work, r), 2, ["serve.variants", "'int4'", "deploy.quantize"])
+
+
+@case
+def c_serve_route_names_an_unserved_variant(work, _):
+    r = recipe(work, serve={"variants": ["full"], "route": {"weights": {"int8": 1}}})
+    return Case(run_recipe(work, r), 2, ["case.yaml:", "serve", "route.weights", "int8"])
+
+
+@case
+def c_loadtest_url_not_loopback(work, _):
+    p = write_recipe(work, recipe(work, serve={}), "case.yaml")
+    return Case(["loadtest", p, "--url", "http://10.9.8.7:8000"], 2, ["loadtest", "10.9.8.7", "loopback"])
+
+
+@case
+def c_serve_without_a_serve_section(work, _):
+    return Case(["serve", work / "base.yaml"], 2, ["serve", "'rel'", "no serve section"])
+
+
 # ---- the Hub answers 401 / 404 / 409 / 5xx (hfpipe push against tests/hub_server.py)
 
 

@@ -47,7 +47,8 @@ serve: setup
 
 # make loadtest: the recipe's serve stage (start, bounded load test, stop); figures go into the card
 loadtest: setup
-	$(HFPIPE) run $(RECIPE)
+	$(HFPIPE) run $(RECIPE) --until deploy
+	$(HFPIPE) loadtest $(RECIPE)
 
 card: setup
 	$(HFPIPE) card $(RECIPE)

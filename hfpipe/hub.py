@@ -2,7 +2,8 @@
 
 What is uploaded is exactly the deploy stage's ``export/`` folder (weights, tokenizer, generation config, quantized
 variants, GGUF files, README.md = the model card), through huggingface_hub's ``create_repo`` / ``create_branch`` /
-``upload_folder``. One revision (branch) per run: by default ``run-<deploy fingerprint[:12]>``; a revision that already
+``upload_folder``. When the serve stage has finished too, README.md is the card of every finished stage (its Serving
+section holds the load test, run after deploy wrote its card); the export is staged as symlinks, nothing is copied. One revision (branch) per run: by default ``run-<deploy fingerprint[:12]>``; a revision that already
 exists is refused unless ``--force``. The token comes only from ``HF_TOKEN`` or the login cache
 (``huggingface_hub.get_token``); hfpipe never writes it anywhere, refuses to upload pickles (``training_args.bin``
 pickles the whole TrainingArguments, ``hub_token`` included) and refuses a folder in which the token's bytes appear.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 from hfpipe.errors import HfpipeError
@@ -105,12 +107,40 @@ def push(recipe, runs_dir: Path, repo_id: str, *, revision: str | None = None, p
     if not REVISION_RE.match(revision):
         raise HfpipeError(f"push: --revision '{revision}' is not a valid branch name (letters, digits, . _ -)", 2)
 
-    from huggingface_hub import HfApi, get_token
+    from huggingface_hub import get_token
 
     token = get_token()
+    with tempfile.TemporaryDirectory(prefix="hfpipe-push-") as tmp:
+        staged = _with_serving_card(recipe, runs_dir, folder, Path(tmp))
+        return _push_folder(recipe, staged or folder, folder, fingerprint, repo_id, revision, private, dry_run, force,
+                            token)
+
+
+def _with_serving_card(recipe, runs_dir: Path, folder: Path, tmp: Path) -> Path | None:
+    """When the serve stage has finished, the card deploy wrote predates the load test: stage the export as links
+    (no copy of the weights) with the card rendered from every finished stage, Serving section included."""
+    from hfpipe import runner
+    from hfpipe.card import build_card, write_card
+
+    stages = runner.finished_stages(recipe, runs_dir)
+    if "serve" not in stages:
+        return None
+    staged = tmp / "export"
+    for p in folder.rglob("*"):
+        if p.is_file() and p.name != "README.md":
+            (staged / p.relative_to(folder)).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(p.resolve(), staged / p.relative_to(folder))
+    write_card(build_card(recipe.name, recipe.to_yaml(), stages, recipe_dir=recipe.recipe_dir), staged / "README.md")
+    return staged
+
+
+def _push_folder(recipe, folder: Path, export: Path, fingerprint: str, repo_id: str, revision: str, private: bool,
+                 dry_run: bool, force: bool, token: str | None) -> dict:
+    from huggingface_hub import HfApi
+
     files = _scan(folder, token)
     url = endpoint()
-    plan = {"repo_id": repo_id, "revision": revision, "endpoint": url, "folder": str(folder), "private": private,
+    plan = {"repo_id": repo_id, "revision": revision, "endpoint": url, "folder": str(export), "private": private,
             "files": [str(p.relative_to(folder)) for p in files], "bytes": sum(p.stat().st_size for p in files),
             "dry_run": dry_run}
     if dry_run:
@@ -136,7 +166,7 @@ def push(recipe, runs_dir: Path, repo_id: str, *, revision: str | None = None, p
         # ---- upload: the export folder, exactly; --force also removes files the new export no longer has
         info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
                                  commit_message=f"hfpipe: {recipe.name} (deploy {fingerprint[:12]})",
-                                 commit_description=f"Uploaded by `hfpipe push`; stage folder {folder.parent.name}.",
+                                 commit_description=f"Uploaded by `hfpipe push`; stage folder {export.parent.name}.",
                                  ignore_patterns=PICKLE_PATTERNS, delete_patterns=["*"] if force else None)
     except HfpipeError:
         raise

@@ -143,6 +143,10 @@ def test_card_has_the_load_test_beside_the_eval_latency(tiny_run):
                 "| eval stage, in-process generate, batch 1, 16 new tokens: latency p50 / p95 (s) |"):
         assert row in section, row
     assert "Router split against its rule over 48 requests" in section and "| int8 | stop |" in section
+    served = json.loads(next((work / "runs" / "tiny").glob("serve-*/serve.json")).read_text())
+    tokenizer = json.loads(next((work / "runs" / "tiny").glob("tokenizer-*/manifest.json")).read_text())
+    assert served["chat_template_sha256"] == tokenizer["metrics"]["chat_template_sha256"]  # the card's template
+    assert served["eos_tokens"][0] == "<|im_end|>"
 
 
 def test_serve_command_serves_until_sigterm(tiny_run):
@@ -185,3 +189,29 @@ def _cmdline(proc_dir: Path) -> str:
         return (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_push_uploads_the_card_with_the_serving_section(tiny_run, monkeypatch):
+    """The export's own README.md predates the serve stage; the pushed card carries the load test."""
+    from huggingface_hub import constants, hf_hub_download
+
+    from hfpipe.hub import push
+    from hfpipe.recipe import load_recipe
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from hub_server import HubServer  # tests/hub_server.py, a loopback Hub
+
+    work, _, _ = tiny_run
+    token = "hf_e2eTOKEN0123456789abcdef0123456"
+    with HubServer({token: "alice"}) as server:
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        for k, v in {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": server.url, "HF_TOKEN": token}.items():
+            monkeypatch.setenv(k, v)
+        done = push(load_recipe(TINY), work / "runs", "alice/tiny")
+        card = Path(hf_hub_download("alice/tiny", "README.md", revision=done["revision"], endpoint=server.url,
+                                    token=token, cache_dir=work / "hf-cache")).read_text()
+    export = next((work / "runs" / "tiny").glob("deploy-*/export"))
+    assert "| requests (ok / sent / planned) | 48 / 48 / 48 |" in card
+    assert "## Serving" in (export / "README.md").read_text()  # the section exists, empty: no serve stage then
+    assert "requests (ok / sent / planned)" not in (export / "README.md").read_text()
+    assert sorted(done["files"]) == sorted(str(p.relative_to(export)) for p in export.rglob("*") if p.is_file())

@@ -5,6 +5,7 @@ Run: .venv/bin/python -m pytest tests/test_stage_serve.py -q
 """
 
 import json
+import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -90,6 +91,10 @@ def test_concurrent_openai_chat_through_the_router_stops_at_eos_and_is_counted(d
 
         m = serving.parse_metrics(httpx.get(f"{stack.url}/metrics").text)
         assert httpx.get(f"{stack.url}/health").json() == {"status": "ok", "unhealthy": []}
+        threads = max(1, (os.cpu_count() or 1) // 2)  # the cores shared out between the two backends
+        for b in stack.backends:
+            env = Path(f"/proc/{b.proc.pid}/environ").read_bytes().split(b"\0")
+            assert f"OMP_NUM_THREADS={threads}".encode() in env
         ports = [b.port for b in stack.backends] + [stack.port]
         procs = [b.proc for b in stack.backends]
 
@@ -174,6 +179,8 @@ def test_bad_serve_settings_are_one_line_errors(deploy_dir, tmp_path):
         serve.Config(variants=["full"], route={"weights": {"int4": 1}})
     with pytest.raises(ValidationError, match="eos_check: false with continuous_batching"):
         serve.Config(continuous_batching=True)
+    with pytest.raises(ValidationError, match="cb_num_blocks: set it with continuous_batching on CPU"):
+        serve.Config(continuous_batching=True, eos_check=False, device="cpu")
     with pytest.raises(HfpipeError, match=r"'int4' was not exported by the deploy stage .*\(add it to deploy.quantize\)"):
         serve.run(serve.Config(variants=["full", "int4"]), _inputs(deploy_dir), tmp_path)
     with pytest.raises(HfpipeError, match="not a loopback address") as e:

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+# Importing this module first sets up every bench: this checkout's hfpipe on sys.path, and the Hub offline (benches
+# read only files of the repo and the Python install).
+sys.path.insert(0, str(REPO))
+for _k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
+    os.environ.setdefault(_k, "1")
 
 
 def timed(fn, *args, **kwargs) -> tuple[float, object]:

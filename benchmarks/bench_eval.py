@@ -34,14 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-for k, v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-             "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_TELEMETRY": "1"}.items():
-    os.environ.setdefault(k, v)
-
-from bench import target, write_result  # noqa: E402
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from bench import REPO, target, write_result  # noqa: E402  (first: repo on sys.path, Hub offline)
 
 TASKS = ["capitals", "math"]
 BATCH = 8

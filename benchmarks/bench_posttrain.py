@@ -31,20 +31,13 @@ import argparse
 import gzip
 import json
 import os
-import sys
 import sysconfig
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-for k, v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-             "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_TELEMETRY": "1"}.items():
-    os.environ.setdefault(k, v)
-
-from bench import target, write_result  # noqa: E402
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from bench import REPO, target, write_result  # noqa: E402  (first: repo on sys.path, Hub offline)
 
 SEQ_LEN, BATCH = 128, 16  # the tiny recipe's pretraining batch shape, used by every side
 MODEL = {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,

@@ -205,3 +205,22 @@ def test_a_backend_that_cannot_load_is_named_with_its_log(deploy_dir, tmp_path):
     out.mkdir()
     with pytest.raises(HfpipeError, match=r"the full backend exited with code \d+ before it was ready: .*full log: "):
         serve.run(serve.Config(variants=["full"], device="cpu", eos_check=False), _inputs(broken), out)
+
+
+def test_continuous_batching_is_switched_on_by_the_recipe(deploy_dir, tmp_path):
+    """serve.continuous_batching reaches transformers serve (paged continuous batching with a bounded KV cache)."""
+    config = serve.Config(variants=["full"], device="cpu", continuous_batching=True, cb_num_blocks=16,
+                          eos_check=False)
+    with serving.Stack(serving.variant_dirs(deploy_dir / "export", ["full"]), config, tmp_path,
+                       serve.route_rule(config, 0), "test", host="127.0.0.1", port=serving.free_port()) as stack:
+        assert stack.backends[0].argv[-3:] == ["--continuous-batching", "--cb-num-blocks", "16"]
+
+        def ask(q):
+            return httpx.post(f"{stack.url}/v1/chat/completions", timeout=60, json={
+                "messages": [{"role": "user", "content": q}], "max_tokens": 6, "temperature": 0.0}).json()
+
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(ask, QUESTIONS[:4]))
+    assert all(a["choices"][0]["finish_reason"] in ("stop", "length") and a["usage"]["completion_tokens"] <= 6
+               for a in answers)
+    assert "CB: True" in (tmp_path / "backend-full.log").read_text()

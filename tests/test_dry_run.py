@@ -35,7 +35,7 @@ def test_cluster_recipe_dry_run_offline_in_a_fresh_process(tmp_path):
     info = json.loads(proc.stdout)
     assert not (tmp_path / "runs").exists()
     stages = {s["stage"]: s for s in info["stages"]}
-    assert list(stages) == ["data", "tokenizer", "pretrain", "sft", "preference", "eval", "deploy"]
+    assert list(stages) == ["data", "tokenizer", "pretrain", "sft", "preference", "eval", "deploy", "serve"]
     assert all(s["action"] == "run (never run)" and len(s["fingerprint"]) == 64 for s in stages.values())
 
     data = stages["data"]
@@ -58,6 +58,15 @@ def test_cluster_recipe_dry_run_offline_in_a_fresh_process(tmp_path):
     ev = stages["eval"]["engine"]
     assert ev["equivalent_cli"].startswith("lm_eval --model ") and "hellaswag" in ev["equivalent_cli"]
     assert ev["model_args"]["pretrained"].endswith("/model") and "preference-" in ev["model_args"]["pretrained"]
+
+    sv = stages["serve"]["engine"]
+    assert sv["server"] == "vllm" and sv["route"] == "size" and sv["variants"] == ["full", "int8"]
+    assert sv["int8 (vllm)"].startswith("vllm serve ") and "/export/quantized/int8' " in sv["int8 (vllm)"]
+    for flag in ("--enable-prefix-caching", "--max-num-seqs 256", "--max-num-batched-tokens 8192", "--dtype bfloat16"):
+        assert flag in sv["full (vllm)"], flag
+    assert "--enforce-eager" not in sv["full (vllm)"]  # compile: true keeps CUDA graphs
+    assert "-e PREFIX_CACHING=1" in sv["full (tgi)"] and "text-generation-inference" in sv["full (tgi)"]
+    assert stages["serve"]["expected"] == {"loadtest_requests": 2000, "loadtest_concurrency": 64}
 
 
 def test_tiny_dry_run_text_and_skip_after_a_finished_stage(tmp_path, capsys):

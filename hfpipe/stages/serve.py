@@ -148,11 +148,6 @@ def route_rule(config: Config, seed: int, variants: list[str] | None = None):
                      large=r.large or vs[0], seed=seed)
 
 
-def relative_folders(variants: list[str]) -> dict[str, Path]:
-    """Each variant's folder relative to the export (= the Hub repository / the model card's folder)."""
-    return {v: Path(".") if v == "full" else Path("quantized") / v for v in variants}
-
-
 def commands(config: Config, folders: dict[str, Path], name: str) -> dict:
     """Per variant: the command line of each engine (the chosen one runs; the others are for GPU machines)."""
     from hfpipe.serving import backend_argv, tgi_docker_command
@@ -169,11 +164,14 @@ def commands(config: Config, folders: dict[str, Path], name: str) -> dict:
 
 def describe(config: Config, recipe) -> dict:
     """For `hfpipe run --dry-run`: the engine, its batching/caching switches and the command lines."""
+    from hfpipe.serving import variant_folder
+
     export = Path("runs") / recipe.name / "deploy-<fingerprint>" / "export"
-    cmds = commands(config, {v: export / f for v, f in relative_folders(list(config.variants)).items()}, recipe.name)
+    cmds = commands(config, {v: export / variant_folder(v) for v in config.variants}, recipe.name)
+    router = f"hfpipe serve {recipe.path or recipe.name} -> http://{config.host}:{config.port}/v1 (+ /metrics)"
     return {"engine": {"server": config.engine, "variants": list(config.variants), "route": config.route.rule,
                        "continuous_batching": config.continuous_batching, "prefix_caching": config.prefix_caching,
-                       "router": f"hfpipe serve {recipe.path or recipe.name} -> http://{config.host}:{config.port}/v1 (+ /metrics)",
+                       "router": router,
                        **{f"{variant} ({engine})": cmd for variant, c in cmds.items() for engine, cmd in c.items()}},
             "expected": {"loadtest_requests": config.loadtest.requests,
                          "loadtest_concurrency": config.loadtest.concurrency}}
@@ -236,11 +234,12 @@ def run(config: Config, inputs, out_dir: Path) -> dict:
         raise HfpipeError(f"serve: {export}/generation_config.json has no eos_token_id; re-run deploy", 1)
     (out_dir / "serve.json").write_text(json.dumps(
         {"engine": config.engine, "variants": {v: str(p) for v, p in folders.items()},
-         "commands": commands(config, relative_folders(list(config.variants)), inputs.recipe_name),
+         "commands": commands(config, {v: serving.variant_folder(v) for v in config.variants}, inputs.recipe_name),
          "local_commands": commands(config, folders, inputs.recipe_name), **card_facts}, indent=1))
 
-    with serving.Stack(folders, config, out_dir, route_rule(config, inputs.seed), inputs.recipe_name,
-                       host="127.0.0.1", port=serving.free_port()) as stack:
+    rule = route_rule(config, inputs.seed)
+    with serving.Stack(folders, config, out_dir, rule, inputs.recipe_name, host="127.0.0.1",
+                       port=serving.free_port()) as stack:
         # ------------------------------------------------------------ each variant stops at end of turn
         eos = {}
         if config.eos_check:
@@ -265,7 +264,6 @@ def run(config: Config, inputs, out_dir: Path) -> dict:
         raise HfpipeError(f"serve: the load test sent no request within serve.loadtest.max_seconds="
                           f"{lt.max_seconds:g}", 1)
     error_rate = result["errors"] / result["requests_sent"]
-    rule = route_rule(config, inputs.seed)
     split = loadtest.split_check(result["variant_counts"], rule.expected_shares(), config.route.split_tolerance)
     answered = sum(v for k, v in scraped.items() if k.startswith("hfpipe_requests_total{") and 'status="200"' in k)
     summary = {**result, "error_rate": error_rate, "split": split, "eos_check": eos, "route_rule": config.route.rule,
@@ -283,7 +281,8 @@ def run(config: Config, inputs, out_dir: Path) -> dict:
                           f"{split['max_abs_deviation']:.3f} > serve.route.split_tolerance = "
                           f"{config.route.split_tolerance:g}", 1)
     if answered != result["requests_ok"]:
-        raise HfpipeError(f"serve: /metrics counted {answered:g} answered requests, the load test {result['requests_ok']}", 1)
+        raise HfpipeError(f"serve: /metrics counted {answered:g} answered requests, the load test "
+                          f"{result['requests_ok']}", 1)
     return {"requests_ok": result["requests_ok"], "errors": result["errors"],
             "latency_p50_s": result["latency_p50_s"], "latency_p95_s": result["latency_p95_s"],
             "requests_per_s": result["requests_per_s"], "completion_tokens_per_s": result["completion_tokens_per_s"],

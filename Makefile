@@ -9,7 +9,7 @@ HFPIPE := $(BIN)/hfpipe
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test slow_test bench card status validate schema clean data tokenizer pretrain sft preference rl eval deploy serve loadtest
+.PHONY: setup run test slow_test bench card status gc validate schema clean data tokenizer pretrain sft preference rl eval deploy serve loadtest
 
 setup: $(VENV)/.installed
 
@@ -55,6 +55,10 @@ card: setup
 
 status: setup
 	$(HFPIPE) status $(RECIPE)
+
+# make gc: remove the stage folders of RECIPE that no current fingerprint points to (old configs, dead runs)
+gc: setup
+	$(HFPIPE) gc $(RECIPE)
 
 validate: setup
 	$(HFPIPE) validate $(RECIPE)

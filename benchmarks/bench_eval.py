@@ -63,7 +63,7 @@ def build_model(root: Path) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from hfpipe.modeling import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, default_chat_template, save_model
+    from hfpipe.models import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, default_chat_template, save_model
 
     lib = Path(sysconfig.get_paths()["stdlib"])
     texts = [p.read_text(encoding="utf-8") for p in sorted(lib.glob("*.py"))[:60]]

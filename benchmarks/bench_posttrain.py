@@ -103,8 +103,8 @@ def upstream(root: Path) -> dict:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from hfpipe.chatdata import BUNDLED_DIR
-    from hfpipe.modeling import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, default_chat_template
+    from hfpipe.posttrain.data import BUNDLED_DIR
+    from hfpipe.models import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, default_chat_template
 
     lib = Path(sysconfig.get_paths()["stdlib"])
     code = [p.read_text(encoding="utf-8") for p in sorted(lib.glob("*.py"))[:120]]

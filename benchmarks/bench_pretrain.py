@@ -37,7 +37,7 @@ def upstream(root: Path) -> dict:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from hfpipe.modeling import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS
+    from hfpipe.models import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS
 
     lib = Path(sysconfig.get_paths()["stdlib"])
     texts = [p.read_text(encoding="utf-8") for p in sorted(lib.glob("*.py"))[:120]]
@@ -69,7 +69,7 @@ def plain_tokens_per_s(up: dict) -> float:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, set_seed
 
-    from hfpipe.stages._pretrain_data import load_corpus, pack
+    from hfpipe.stages.pretrain.data import load_corpus, pack
 
     set_seed(0)
     tok = AutoTokenizer.from_pretrained(up["tokenizer"] / "tokenizer")

@@ -8,7 +8,7 @@ threads each (default 1: on a loaded 2-core machine the default 2 threads oversu
 6-20x the backend CPU time and the throughput swings 10x between runs); the router (Starlette + uvicorn in a thread of
 this process, httpx to the backend, Prometheus metrics, route.jsonl) in front.
 
-1. Router overhead (target). One Stack with variant ``full``; the same load test (``hfpipe.loadtest.run_loadtest``:
+1. Router overhead (target). One Stack with variant ``full``; the same load test (``hfpipe.stages.serve.loadtest.run_loadtest``:
    --requests chat requests from the bundled held-out chat set, --concurrency in flight, --max-tokens, greedy, not
    streamed) alternately against the backend's own URL (direct) and the router's URL, after one warm-up of each
    (--warmup requests), then --reps timed runs of each. Both sides must answer every request with zero errors and the
@@ -107,7 +107,7 @@ def proc_rss_mb(pid: int) -> float | None:
 def load(url: str, args, requests: int | None = None, max_seconds: float = 600.0,
          backend_pid: int | None = None) -> dict:
     """One load test; adds this process's CPU time (client, + router when it is in the path) and the backend's."""
-    from hfpipe.loadtest import run_loadtest
+    from hfpipe.stages.serve.loadtest import run_loadtest
 
     cpu0, backend0 = time.process_time(), proc_cpu_s(backend_pid) if backend_pid else None
     r = run_loadtest(url, requests=requests or args.requests, concurrency=args.concurrency, max_seconds=max_seconds,
@@ -131,7 +131,7 @@ def summary(r: dict) -> dict:
 
 def router_vs_direct(export: Path, root: Path, args) -> tuple[dict, dict[str, list[dict]]]:
     """Part 1: one Stack, the same load test direct and through the router, alternated after a warm-up of each."""
-    from hfpipe import serving
+    from hfpipe.stages.serve import router as serving
     from hfpipe.stages import serve
 
     config = serve_config(args, continuous_batching=False)
@@ -159,7 +159,7 @@ def router_vs_direct(export: Path, root: Path, args) -> tuple[dict, dict[str, li
 
 def continuous_batching(export: Path, root: Path, args) -> dict:
     """Part 2: the same load test through the router of a continuous-batching Stack (errors become a figure)."""
-    from hfpipe import serving
+    from hfpipe.stages.serve import router as serving
     from hfpipe.stages import serve
 
     config = serve_config(args, continuous_batching=True)
@@ -281,7 +281,7 @@ def main() -> None:
 
 NOTES = ("Tiny random Llama (tiny recipe shape) exported by the deploy stage; transformers serve --device cpu started "
          "by serving.Stack as the serve stage does, 1 torch/OpenMP thread per backend (--threads); the same "
-         "hfpipe.loadtest (bundled held-out chat prompts, greedy, not streamed) direct to the backend and through the "
+         "hfpipe.stages.serve.loadtest (bundled held-out chat prompts, greedy, not streamed) direct to the backend and through the "
          "router, alternated in one stack after a warm-up of each; ratio = best router requests/s / best direct "
          "requests/s (ratio of medians beside it), p50 overhead = best p50 of each side, router CPU = this process's "
          "CPU time through the router minus direct (the client is in this process on both sides). Every request "

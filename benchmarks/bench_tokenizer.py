@@ -33,10 +33,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench import target, write_result  # noqa: E402
 
-from hfpipe.modeling import SPECIAL_TOKENS  # noqa: E402
+from hfpipe.models import SPECIAL_TOKENS  # noqa: E402
 from hfpipe.stages import Inputs  # noqa: E402
 from hfpipe.stages import tokenizer as stage  # noqa: E402
-from hfpipe.tokenizer_build import read_docs, sample_mix, split_heldout  # noqa: E402
+from hfpipe.stages.tokenizer.build import read_docs, sample_mix, split_heldout  # noqa: E402
 
 VOCAB = 8192
 SEED = 1234

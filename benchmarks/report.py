@@ -11,7 +11,8 @@ EXPECTED = {"data": "data stage MB/s per core, 1 vs 2 workers", "tokenizer": "to
             "posttrain": "SFT (>= 0.5x) and DPO tokens/s vs pretraining tokens/s; DPO pairs/s",
             "eval": "eval requests/s and lm-eval start-up time",
             "recipe": "tiny recipe end to end per stage wall time; cached re-run",
-            "serve": "router requests/s vs transformers serve direct; continuous batching on CPU"}
+            "serve": "router requests/s vs transformers serve direct; continuous batching on CPU",
+            "status": "hfpipe status wall, tiny recipe, cache cold and warm"}
 
 
 def main() -> None:

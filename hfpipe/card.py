@@ -1,7 +1,7 @@
 """The model card: a pure function over finished stage folders. Offline: no network, no ``RepoCard.validate()``.
 
-``build_card(recipe_name, recipe_yaml, stages)`` reads each folder's ``manifest.json`` (plus the data stage's
-``stats.json``, the eval stage's ``results.json`` and model stages' ``curves.png``) and renders the Jinja template
+``build_card(recipe_name, recipe_yaml, stages)`` reads each folder's ``manifest.json``, plus what each stage says of
+its own artifacts through its ``card_facts(folder, stages)`` (tables, images, eval scores), and renders the Jinja template
 ``hfpipe/templates/model_card.md`` through huggingface_hub's ``ModelCard.from_template``. ``write_card`` saves it and
 copies the curve images beside it. ``read_card`` gives back the recipe YAML and every stage's full fingerprint from a
 hidden JSON block: what ``hfpipe reproduce <card>`` needs. Missing facts render as HTML comments, never as made-up values.
@@ -20,9 +20,10 @@ from typing import Any
 
 import hfpipe
 from hfpipe.errors import HfpipeError
+from hfpipe.resources import TEMPLATES, package_dir, package_file
 from hfpipe.stages import MODEL_STAGES, STAGES, load_module, read_manifest
 
-TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
+TEMPLATE = package_file(TEMPLATES, "model_card.md")
 # The only metadata keys a card may carry (a subset of the Hub's model card spec).
 METADATA_KEYS = frozenset({"license", "license_name", "license_link", "language", "datasets", "base_model", "tags",
                            "pipeline_tag", "library_name", "model-index"})
@@ -35,7 +36,7 @@ MAX_TABLE_ROWS = 25  # longer tables (e.g. per-source stats) are cut, with a com
 # ----------------------------------------------------------------------------------------------------------------------
 # Formatting helpers
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -47,11 +48,11 @@ def _manifest(folder: Path) -> dict[str, Any]:
     return m if isinstance(m, dict) else {}
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _fmt(v: Any) -> str:
+def fmt(v: Any) -> str:
     """One markdown table cell."""
     if isinstance(v, float):  # 4 decimals in the usual range (0.2625, 4321.5), 4 significant digits outside it
         s = f"{v:.4f}".rstrip("0").rstrip(".") if v == 0 or 1e-3 <= abs(v) < 1e6 else f"{v:.4g}"
@@ -73,34 +74,34 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _rows(d: dict) -> tuple[list[tuple[str, str]], int]:
+def kv_rows(d: dict) -> tuple[list[tuple[str, str]], int]:
     """(key, value) rows of a flattened dict, at most MAX_TABLE_ROWS, and how many were left out."""
     flat = list(_flatten(d).items())
-    return [(_fmt(k), _fmt(v)) for k, v in flat[:MAX_TABLE_ROWS]], max(0, len(flat) - MAX_TABLE_ROWS)
+    return [(fmt(k), fmt(v)) for k, v in flat[:MAX_TABLE_ROWS]], max(0, len(flat) - MAX_TABLE_ROWS)
 
 
-def _tables(stats: dict) -> list[dict]:
+def tables(stats: dict) -> list[dict]:
     """stats.json as tables: a list of records or a mapping of records becomes one table each, scalars one table."""
     tables, scalars = [], {}
     for name, value in stats.items():
         records = value if isinstance(value, list) else list(value.values()) if isinstance(value, dict) else None
         if records and all(isinstance(r, dict) for r in records):
             keys = list(dict.fromkeys(k for r in records for k in r))
-            label = [] if isinstance(value, list) else [_fmt(name)]
-            rows = [([_fmt(k)] if label else []) + [_fmt(r.get(k, "")) for r in [rec] for k in keys]
+            label = [] if isinstance(value, list) else [fmt(name)]
+            rows = [([fmt(k)] if label else []) + [fmt(r.get(k, "")) for r in [rec] for k in keys]
                     for k, rec in (value.items() if isinstance(value, dict) else [(None, r) for r in value])]
-            tables.append({"title": name, "header": label + [_fmt(k) for k in keys], "rows": rows[:MAX_TABLE_ROWS],
+            tables.append({"title": name, "header": label + [fmt(k) for k in keys], "rows": rows[:MAX_TABLE_ROWS],
                            "cut": max(0, len(rows) - MAX_TABLE_ROWS)})
         else:
             scalars[name] = value
     if scalars:
-        rows, cut = _rows(scalars)
+        rows, cut = kv_rows(scalars)
         tables.append({"title": "totals", "header": ["statistic", "value"], "rows": [list(r) for r in rows], "cut": cut})
     return tables
 
 
 def _wall(s: Any) -> str | None:
-    if not _is_number(s):
+    if not is_number(s):
         return None
     return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.2f} h"
 
@@ -140,105 +141,43 @@ def _recipe_meta(recipe_yaml: str, recipe_dir: Path | None) -> dict[str, Any]:
     return meta
 
 
-def _eval_facts(results: Any) -> tuple[list[dict], list, str | None]:
-    """Table rows, one huggingface_hub EvalResult per numeric metric, and the harness version, from results.json.
-
-    Reads {"results" (or "tasks"): {task: {"metrics": {metric: {"value", "stderr"}}, "version", "n_shot", "n_samples",
-    "higher_is_better"?}}, "harness_version" (or "harness": {"version"})}; anything else in it is ignored.
-    """
-    from huggingface_hub import EvalResult
-
-    rows, evals = [], []
-    results = results if isinstance(results, dict) else {}
-    tasks = results.get("results", results.get("tasks"))
-    for task, entry in sorted(tasks.items()) if isinstance(tasks, dict) else []:
-        if not isinstance(entry, dict) or not isinstance(entry.get("metrics"), dict):
-            continue
-        n_shot, n_samples = entry.get("n_shot"), entry.get("n_samples")
-        if isinstance(n_samples, dict):  # lm-eval style {"original": N, "effective": M}
-            n_samples = n_samples.get("effective", n_samples.get("original"))
-        better = entry.get("higher_is_better") if isinstance(entry.get("higher_is_better"), dict) else {}
-        for metric, m in entry["metrics"].items():
-            value, stderr = (m.get("value"), m.get("stderr")) if isinstance(m, dict) else (m, None)
-            mtype, _, filt = str(metric).replace(",", ":", 1).partition(":")  # "acc,none" / "acc:flex" / "acc"
-            name = f"{mtype} ({n_shot}-shot)" if isinstance(n_shot, int) else mtype
-            name += f" [{filt}]" if filt and filt != "none" else ""
-            arrow = {True: " ↑", False: " ↓"}.get(better.get(metric), "")
-            rows.append({"task": _fmt(task), "metric": _fmt(name) + arrow, "arrow": arrow, "value": _fmt(value),
-                         "stderr": _fmt(stderr) if _is_number(stderr) else "", "n_samples": _fmt(n_samples or ""),
-                         "version": _fmt(str(entry.get("version") or ""))})
-            if _is_number(value):
-                evals.append(EvalResult(task_type="text-generation", dataset_type=str(task), dataset_name=str(task),
-                                        metric_type=mtype, metric_value=value, metric_name=name,
-                                        dataset_args={"num_few_shot": n_shot} if isinstance(n_shot, int) else None))
-    harness = results.get("harness_version")
-    if harness is None and isinstance(results.get("harness"), dict):
-        harness = results["harness"].get("version")
-    return rows, evals, str(harness) if harness else None
-
-
-def _eval_extra(results: Any) -> tuple[list[dict], list]:
-    """Everything else of results.json that is a mapping (latency and cost, regression vs a baseline, ...) as tables;
-    and one ``EvalResultEntry`` per metric of a task that names its Hub dataset (``dataset_path``: ``org/name``), for the
-    ``.eval_results/`` files the Hub shows on benchmark leaderboards (tasks without a Hub dataset have none)."""
-    extra, entries = [], []
-    if not isinstance(results, dict):
-        return extra, entries
-    for key, value in results.items():
-        if key in ("tasks", "results", "harness", "model", "sample_counts", "configs", "versions") \
-                or not isinstance(value, dict) or not value:
-            continue
-        extra.append({"title": key, "tables": _tables(value)})
+def _stage_module(stage: str):
     try:
-        from huggingface_hub import EvalResultEntry
-    except ImportError:  # huggingface_hub < 1.3: no .eval_results support
-        return extra, entries
-    tasks = results.get("tasks", results.get("results"))
-    for task, entry in sorted(tasks.items()) if isinstance(tasks, dict) else []:
-        dataset = entry.get("dataset_path") if isinstance(entry, dict) else None
-        if not (isinstance(dataset, str) and HUB_ID_RE.match(dataset)) or not isinstance(entry.get("metrics"), dict):
-            continue
-        for metric, m in entry["metrics"].items():
-            value = m.get("value") if isinstance(m, dict) else m
-            if _is_number(value):
-                entries.append(EvalResultEntry(dataset_id=dataset, task_id=str(task), value=value,
-                                               notes=f"{metric}; lm-evaluation-harness via hfpipe"))
-    return extra, entries
+        return load_module(stage) if stage in STAGES else None
+    except ImportError:
+        return None
 
 
-def _stage_facts(stage: str, folder: Path, asset_prefix: str, assets: dict[str, Path]) -> dict[str, Any]:
+def _stage_facts(stage: str, folder: Path, stages: dict[str, Path], asset_prefix: str,
+                 assets: dict[str, Path]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the stage's entry in the card, the template variables it adds). What a stage's own artifacts say comes from
+    its ``card_facts(folder, stages)`` (see hfpipe.stages): ``section`` (merged into the entry), ``images``
+    ({kind: file}, copied beside the card), ``hide_metrics`` (shown elsewhere), ``card`` (template variables)."""
+    from hfpipe.runner import unpinned
+
+    module = _stage_module(stage)
+    hook = getattr(module, "card_facts", None)
+    own = hook(folder, stages) if hook is not None else {}
     manifest = _manifest(folder)
     shown = manifest.get("metrics") if isinstance(manifest.get("metrics"), dict) else None
-    if stage == "tokenizer" and shown:  # its per-group numbers get their own table (report.json)
-        shown = {k: v for k, v in shown.items() if k != "heldout"}
-    metrics, cut = _rows(shown) if shown is not None else ([], 0)
+    if shown and own.get("hide_metrics"):
+        shown = {k: v for k, v in shown.items() if k not in own["hide_metrics"]}
+    metrics, cut = kv_rows(shown) if shown is not None else ([], 0)
     config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
     method = next((config[k] for k in ("method", "loss_type", "algorithm") if isinstance(config.get(k), str)), None)
     facts = {"name": stage, "has_manifest": bool(manifest), "fingerprint": manifest.get("fingerprint"),
              "wall": _wall(manifest.get("wall_s")), "metrics": metrics, "metrics_cut": cut, "method": method,
-             "stats": None, "curves": None, "mixture": None, "cite": None, "tokenizer_report": None}
-    if stage == "data":
-        stats = _read_json(folder / "stats.json")
-        facts["stats"] = _tables(stats) if isinstance(stats, dict) else None
-    if stage == "tokenizer":
-        from hfpipe.tokenizer_report import card_facts
-
-        facts["tokenizer_report"] = card_facts(_read_json(folder / "report.json"))
-    if (folder / "curves.png").is_file():
-        link = f"{asset_prefix}_{stage}_curves.png"
-        assets[link] = folder / "curves.png"
-        facts["curves"] = link
-    if (folder / "mixture.png").is_file():
-        link = f"{asset_prefix}_{stage}_mixture.png"
-        assets[link] = folder / "mixture.png"
-        facts["mixture"] = link
-    if stage in STAGES:
-        try:
-            cite = getattr(load_module(stage), "CARD", None)
-        except ImportError:
-            cite = None
-        facts["cite"] = {k: cite.get(k) for k in ("name", "paper", "citation")} if isinstance(cite, dict) else None
-    return facts
+             "stats": None, "curves": None, "mixture": None, "cite": None, "tokenizer_report": None,
+             "unpinned": unpinned(manifest.get("key") or {}),
+             **own.get("section", {})}
+    for kind, src in own.get("images", {}).items():
+        if Path(src).is_file():
+            link = f"{asset_prefix}_{stage}_{Path(src).name}"
+            assets[link] = Path(src)
+            facts[kind] = link
+    cite = getattr(module, "CARD", None)
+    facts["cite"] = {k: cite.get(k) for k in ("name", "paper", "citation")} if isinstance(cite, dict) else None
+    return facts, own.get("card", {})
 
 
 def _versions(manifests: dict[str, dict]) -> list[tuple[str, str]]:
@@ -253,13 +192,13 @@ def _versions(manifests: dict[str, dict]) -> list[tuple[str, str]]:
     rows = []
     for pkg, by_ver in sorted(seen.items()):
         cell = next(iter(by_ver)) if len(by_ver) == 1 else "; ".join(f"{v} ({', '.join(s)})" for v, s in by_ver.items())
-        rows.append((_fmt(pkg), _fmt(cell)))
+        rows.append((fmt(pkg), fmt(cell)))
     return rows
 
 
 def _git_state() -> dict[str, Any] | None:
     """Commit and dirty flag of the git checkout hfpipe runs from, if it runs from one."""
-    here = Path(__file__).resolve().parent
+    here = package_dir()
 
     def git(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
@@ -278,63 +217,6 @@ def _git_state() -> dict[str, Any] | None:
 
 
 
-def _parity_facts(parity: Any) -> dict[str, Any] | None:
-    """Rows of the quantization and GGUF parity tables from the deploy stage's parity.json (or its in-memory twin)."""
-    if not isinstance(parity, dict) or not (parity.get("quantized") or parity.get("gguf")):
-        return None
-    quant = []
-    for scheme, q in (parity.get("quantized") or {}).items():
-        if isinstance(q, dict):
-            quant.append({"scheme": _fmt(scheme), **{k: _fmt(q.get(k, "")) for k in (
-                "library", "weight_bytes", "size_ratio", "latency_ratio", "perplexity", "perplexity_full",
-                "perplexity_delta", "argmax_agreement", "task_acc", "task_acc_full", "task_acc_delta", "heldout_tokens",
-                "task_docs")}})
-    gguf = []
-    for gtype, g in (parity.get("gguf") or {}).items():
-        if isinstance(g, dict):
-            gguf.append({"type": _fmt(gtype), **{k: _fmt(g.get(k, "")) for k in (
-                "file", "writer", "bytes", "max_abs_logit_diff", "logit_rel_rmse", "tolerance", "argmax_agreement", "token_agreement")}})
-    heldout = parity.get("heldout") if isinstance(parity.get("heldout"), dict) else {}
-    return {"quantized": quant, "gguf": gguf, "heldout": {k: _fmt(v) for k, v in heldout.items()},
-            "task": _fmt(parity.get("task") or "")}
-
-
-def _serving_facts(folder: Path | None, eval_results: Any) -> dict[str, Any] | None:
-    """The serve stage's load test (loadtest.json) and command lines (serve.json), beside the eval stage's in-process
-    latency at batch size 1."""
-    if folder is None:
-        return None
-    lt, sv = _read_json(folder / "loadtest.json"), _read_json(folder / "serve.json")
-    if not isinstance(lt, dict):
-        return None
-    sv = sv if isinstance(sv, dict) else {}
-    rows = [("requests (ok / sent / planned)", f"{lt.get('requests_ok')} / {lt.get('requests_sent')} / "
-             f"{lt.get('requests_planned')}"), ("concurrency", lt.get("concurrency")),
-            ("max_tokens per request", lt.get("max_tokens")), ("streamed", lt.get("stream")),
-            ("latency p50 (s)", lt.get("latency_p50_s")), ("latency p95 (s)", lt.get("latency_p95_s")),
-            ("time to first token p50 / p95 (s)", f"{_fmt(lt['ttft_p50_s'])} / {_fmt(lt['ttft_p95_s'])}"
-             if lt.get("ttft_p50_s") is not None else "not streamed"),
-            ("requests/s", lt.get("requests_per_s")), ("generated tokens/s", lt.get("completion_tokens_per_s")),
-            ("errors", lt.get("errors")), ("finish reasons", lt.get("finish_reasons")),
-            ("answers per variant", lt.get("variant_counts")), ("wall (s)", lt.get("wall_s"))]
-    lat = (eval_results or {}).get("latency") if isinstance(eval_results, dict) else None
-    b1 = ((lat or {}).get("batch_sizes") or {}).get("1") if isinstance(lat, dict) else None
-    if isinstance(b1, dict) and b1.get("latency_p50_s") is not None:
-        rows.append((f"eval stage, in-process generate, batch 1, {lat.get('new_tokens')} new tokens: latency p50 / "
-                     f"p95 (s)", f"{_fmt(b1['latency_p50_s'])} / {_fmt(b1.get('latency_p95_s'))}"))
-    split = lt.get("split") if isinstance(lt.get("split"), dict) else None
-    eos = lt.get("eos_check") if isinstance(lt.get("eos_check"), dict) else {}
-    return {"engine": _fmt(lt.get("engine") or sv.get("engine") or "?"), "rule": _fmt(lt.get("route_rule") or "?"),
-            "variants": [_fmt(v) for v in lt.get("variants") or []], "cb": bool(lt.get("continuous_batching")),
-            "rows": [(_fmt(k), _fmt(v)) for k, v in rows],
-            "split": {k: _fmt(split.get(k)) for k in ("expected", "observed", "max_abs_deviation", "tolerance",
-                                                      "within_tolerance", "n")} if split else None,
-            "eos": [(_fmt(v), _fmt(e.get("finish_reason")), _fmt(e.get("completion_tokens"))) for v, e in eos.items()
-                    if isinstance(e, dict)],
-            "eos_tokens": _fmt(sv.get("eos_tokens") or ""), "template_sha": _fmt(sv.get("chat_template_sha256") or ""),
-            "commands": [(_fmt(v), c) for v, c in (sv.get("commands") or {}).items() if isinstance(c, dict)]}
-
-
 def _environment() -> dict[str, Any]:
     """Platform, and a hash of every installed distribution (name==version, sorted): one value to compare setups."""
     import hashlib
@@ -350,36 +232,41 @@ def _environment() -> dict[str, Any]:
 # Public API
 
 def build_card(recipe_name: str, recipe_yaml: str, stages: dict[str, Path], *, pending: dict[str, str] | None = None,
-               recipe_dir: Path | None = None, parity: dict | None = None, outputs: dict[str, str] | None = None):
+               recipe_dir: Path | None = None, partial: dict[str, Path] | None = None,
+               outputs: dict[str, str] | None = None):
     """The model card of a pipeline run, from its finished stage folders (any subset of the pipeline).
 
     ``pending`` names stages still running (e.g. deploy writing this card) with their fingerprints; ``recipe_dir``
-    lets a relative local ``base_model`` folder be told apart from a Hub id; ``parity`` is the deploy stage's
-    quantization / GGUF parity (read from its ``parity.json`` when the deploy stage has finished); ``outputs`` gives
-    output digests of pending stages (``hfpipe.reproduce.output_digest``). Copy images with ``write_card``.
+    lets a relative local ``base_model`` folder be told apart from a Hub id; ``partial`` gives the work folders of
+    pending stages whose card facts are already written (deploy writing this card); ``outputs`` gives output digests
+    of pending stages (``hfpipe.reproduce.output_digest``). Copy images with ``write_card``.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
     order = [s for s in STAGES if s in stages] + [s for s in stages if s not in STAGES]
     assets: dict[str, Path] = {}
     asset_prefix = re.sub(r"[^\w.-]+", "_", recipe_name) or "model"
-    facts = [_stage_facts(s, Path(stages[s]), asset_prefix, assets) for s in order]
-    manifests = {s: m for s in order if (m := _manifest(Path(stages[s])))}
+    stages = {s: Path(f) for s, f in stages.items()}
+    # template variables the stages fill in (through their card_facts), with what the card shows without them
+    sections: dict[str, Any] = {"eval_rows": [], "harness": None, "eval_extra": [], "model_index": [],
+                                "eval_result_entries": [], "parity": None, "serving": None}
+    facts = []
+    for s in order:
+        entry, variables = _stage_facts(s, stages[s], stages, asset_prefix, assets)
+        facts.append(entry)
+        sections.update(variables)
+    manifests = {s: m for s in order if (m := _manifest(stages[s]))}
     fingerprints = {f["name"]: f["fingerprint"] for f in facts if isinstance(f["fingerprint"], str)}
     for stage, fp in (pending or {}).items():
         fingerprints[stage] = fp
         facts.append({"name": stage, "pending": True, "fingerprint": fp, "metrics": [], "cite": None})
-
-    if parity is None and "deploy" in stages:
-        parity = _read_json(Path(stages["deploy"]) / "parity.json")
+        hook = getattr(_stage_module(stage), "card_facts", None)
+        if hook is not None and stage in (partial or {}):
+            sections.update(hook(Path(partial[stage]), stages).get("card", {}))
 
     # ---- metadata (YAML front matter) ----
     meta = _recipe_meta(recipe_yaml, recipe_dir)
-    eval_rows, eval_results, harness, eval_extra, eval_entries, results = [], [], None, [], [], None
-    if "eval" in stages:
-        results = _read_json(Path(stages["eval"]) / "results.json")
-        eval_rows, eval_results, harness = _eval_facts(results)
-        eval_extra, eval_entries = _eval_extra(results)
+    eval_results, eval_entries = sections.pop("model_index"), sections.pop("eval_result_entries")
     tags = ["hfpipe", *meta["tags"]] + [re.sub(r"[^a-z0-9._-]+", "-", (f.get("method") or f["name"]).lower())
                          for f in facts if f["name"] in MODEL_STAGES and not f.get("pending")]
     card_data = ModelCardData(
@@ -392,11 +279,12 @@ def build_card(recipe_name: str, recipe_yaml: str, stages: dict[str, Path], *, p
         raise RuntimeError(f"model card metadata has keys outside the allowlist: {sorted(stray)}")
 
     # ---- body ----
-    from hfpipe.reproduce import output_digest
+    from hfpipe.reproduce import deterministic, output_digest
 
-    digests = {s: d for s in order if (d := output_digest(Path(stages[s])))} | dict(outputs or {})
+    digests = {s: d for s in order if s in STAGES and (d := output_digest(stages[s], s))} | dict(outputs or {})
+    figures = {s: deterministic(m["metrics"]) for s, m in manifests.items() if isinstance(m.get("metrics"), dict)}
     repro = {"hfpipe_card": 1, "recipe_name": recipe_name, "recipe_yaml": recipe_yaml, "fingerprints": fingerprints,
-             "outputs": digests}
+             "outputs": digests, "metrics": figures}
     # '<' and '>' escaped inside JSON strings, so no recipe text can close the HTML comment early.
     repro_json = json.dumps(repro, indent=1).replace("<", "\\u003c").replace(">", "\\u003e")
     card = ModelCard.from_template(
@@ -404,11 +292,9 @@ def build_card(recipe_name: str, recipe_yaml: str, stages: dict[str, Path], *, p
         recipe_name=recipe_name, recipe_yaml=recipe_yaml.rstrip("\n"), fence=_fence(recipe_yaml), stages=facts,
         is_chat=any(s in stages for s in CHAT_STAGES), base_model_declared=meta["base_model_declared"],
         intended_use=meta["intended_use"], limitations=meta["limitations"],
-        eval_rows=eval_rows, harness=harness, eval_extra=eval_extra, has_eval="eval" in stages,
+        has_eval="eval" in stages, **sections,
         versions=_versions(manifests), git=_git_state(),
         writer={"hfpipe": hfpipe.__version__, "python": platform.python_version()}, env=_environment(),
-        parity=_parity_facts(parity),
-        serving=_serving_facts(Path(stages["serve"]) if "serve" in stages else None, results),
         repro_block=f"<!-- hfpipe-reproduce\n{repro_json}\n-->")
     card.hfpipe_assets = assets  # image files write_card copies beside the card (name -> source)
     card.hfpipe_eval_results = eval_entries  # huggingface_hub EvalResultEntry list for .eval_results/ (Hub benchmarks)
@@ -459,6 +345,8 @@ def read_card_block(path: Path) -> dict[str, Any]:
         raise HfpipeError(f"{path}: not an hfpipe model card (no valid 'hfpipe-reproduce' block)", 2)
     fps = data.get("fingerprints") if isinstance(data.get("fingerprints"), dict) else {}
     outs = data.get("outputs") if isinstance(data.get("outputs"), dict) else {}
+    figures = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
     return {"recipe_name": data.get("recipe_name"), "recipe_yaml": data["recipe_yaml"],
             "fingerprints": {str(k): str(v) for k, v in fps.items()},
-            "outputs": {str(k): str(v) for k, v in outs.items()}}
+            "outputs": {str(k): str(v) for k, v in outs.items()},
+            "metrics": {str(k): v for k, v in figures.items() if isinstance(v, dict)}}

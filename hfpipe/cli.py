@@ -1,4 +1,4 @@
-"""`hfpipe` command line: run, status, card, validate, compare, schema, push, reproduce, serve, loadtest.
+"""`hfpipe` command line: run, status, gc, card, validate, compare, schema, push, reproduce, serve, loadtest.
 
 Exit codes: 0 ok, 1 a stage failed while running, 2 bad usage or recipe. Errors are one line; --debug shows the
 traceback.
@@ -63,7 +63,33 @@ def cmd_status(args) -> int:
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
-            print(f"{r['stage']:<11} {r['status']:<8} {r['fingerprint'][:12]}  {r['path']}")
+            pins = f"  unpinned: {', '.join(r['unpinned'])}" if r["unpinned"] else ""
+            print(f"{r['stage']:<11} {r['status']:<8} {r['fingerprint'][:12]}  {r['path']}{pins}")
+        stale = [r for r in rows if r["stale_folders"]]
+        if stale:
+            print(f"stale: {sum(r['stale_folders'] for r in stale)} folder(s), "
+                  f"{_size(sum(r['stale_bytes'] for r in stale))} ({', '.join(r['stage'] for r in stale)}); "
+                  f"`hfpipe gc {args.recipe}` frees them")
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def cmd_gc(args) -> int:
+    from hfpipe import runner
+    from hfpipe.recipe import load_recipe
+
+    rows = runner.gc(load_recipe(args.recipe, args.overrides), _runs_dir(args), dry_run=args.dry_run)
+    for r in rows:
+        print(f"{'would remove' if args.dry_run else 'removed'} {r['path']} ({_size(r['bytes'])}; {r['why']})")
+    total = _size(sum(r["bytes"] for r in rows))
+    print(f"{'would free' if args.dry_run else 'freed'} {total} in {len(rows)} folder(s)")
     return 0
 
 
@@ -127,7 +153,8 @@ def cmd_reproduce(args) -> int:
     from hfpipe.reproduce import format_report, reproduce
 
     report = reproduce(Path(args.card), _runs_dir(args), overrides=args.overrides,
-                       recipe_dir=Path(args.recipe_dir) if args.recipe_dir else None)
+                       recipe_dir=Path(args.recipe_dir) if args.recipe_dir else None,
+                       into=Path(args.into) if args.into else None)
     print(format_report(report))
     return 0 if report["identical"] else 1
 
@@ -143,7 +170,7 @@ def cmd_serve(args) -> int:
     """The serve stage's stack in the foreground: backends + router until Ctrl-C / SIGTERM (then both are stopped)."""
     import time
 
-    from hfpipe import serving
+    from hfpipe.stages.serve import router
     from hfpipe.hub import export_folder
     from hfpipe.recipe import load_recipe
     from hfpipe.stages.serve import commands, route_rule
@@ -155,20 +182,20 @@ def cmd_serve(args) -> int:
     if stray:
         raise HfpipeError(f"serve: --variant {stray[0]} is not in serve.variants {list(config.variants)}", 2)
     export, _ = export_folder(recipe, _runs_dir(args), command="serve")
-    folders = serving.variant_dirs(export, variants)
+    folders = router.variant_dirs(export, variants)
     if args.print_commands:
         for variant, cmds in commands(config, folders, recipe.name).items():
             print(f"# {variant}\n" + "\n".join(f"{engine}: {cmd}" for engine, cmd in cmds.items()))
         return 0
-    why = serving.engine_available(config.engine)
+    why = router.engine_available(config.engine)
     if why:
         raise HfpipeError(f"serve: {config.engine} cannot start here: {why}", 2)
     host, port = args.host or config.host, args.port or config.port
-    if not serving.is_loopback(host):
+    if not router.is_loopback(host):
         print(f"hfpipe: warning: the router listens on {host}, beyond this machine; it has no authentication",
               file=sys.stderr)
     log_dir = _runs_dir(args) / recipe.name / "_serve"  # not "serve-*": that is the stage folders' pattern
-    with serving.Stack(folders, config, log_dir, route_rule(config, recipe.seed, variants), recipe.name, host=host,
+    with router.Stack(folders, config, log_dir, route_rule(config, recipe.seed, variants), recipe.name, host=host,
                        port=port) as stack:
         print(f"serving {recipe.name} ({', '.join(variants)}; {config.engine}; rule {stack.rule.rule}) at "
               f"{stack.url}/v1 -- metrics {stack.url}/metrics, route log {log_dir}/route.jsonl; Ctrl-C stops",
@@ -177,7 +204,7 @@ def cmd_serve(args) -> int:
             dead = [b for b in stack.backends if b.proc.poll() is not None]
             if dead:
                 raise HfpipeError(f"serve: the {dead[0].variant} backend exited with code {dead[0].proc.returncode}: "
-                                  f"{serving.last_line(dead[0].log)} (log: {dead[0].log})", 1)
+                                  f"{router.last_line(dead[0].log)} (log: {dead[0].log})", 1)
             time.sleep(1)
 
 
@@ -188,7 +215,7 @@ def cmd_loadtest(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     config = _serve_section(recipe, "loadtest")
     if args.url:
-        from hfpipe.loadtest import run_loadtest
+        from hfpipe.stages.serve.loadtest import run_loadtest
         from hfpipe.stages import resolve_path
 
         lt = config.loadtest
@@ -204,11 +231,13 @@ def cmd_loadtest(args) -> int:
     runner.setup_logging()
     runner.run(recipe, _runs_dir(args), only=["serve"], force=["serve"] if args.force else ())
     path = write_card(recipe, _runs_dir(args), _cards_dir(args))
+    from hfpipe.stages.serve import LOADTEST
+
     folder = runner.finished_stages(recipe, _runs_dir(args))["serve"]
-    summary = json.loads((folder / "loadtest.json").read_text())
+    summary = json.loads((folder / LOADTEST).read_text())
     print(f"loadtest: {summary['requests_ok']}/{summary['requests_sent']} ok, p50 {summary['latency_p50_s']:.3f} s, "
           f"p95 {summary['latency_p95_s']:.3f} s, {summary['requests_per_s']:.2f} req/s, "
-          f"{summary['completion_tokens_per_s']:.1f} tokens/s ({folder / 'loadtest.json'}; card: {path})")
+          f"{summary['completion_tokens_per_s']:.1f} tokens/s ({folder / LOADTEST}; card: {path})")
     return 0
 
 
@@ -240,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_recipe("status", "per stage: done / stale / pending, fingerprint, folder")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+    p = with_recipe("gc", "remove stage folders no current fingerprint points to, and work folders of dead runs")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed and the space it frees")
+    p.set_defaults(func=cmd_gc)
     with_recipe("card", "re-render model_cards/<name>.md from the finished run").set_defaults(func=cmd_card)
     with_recipe("validate", "check the recipe without running anything").set_defaults(func=cmd_validate)
     p = sub.add_parser("compare", help="evaluation scores of two model cards side by side")
@@ -258,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.path=value overrides (a changed key is reported as a difference)")
     p.add_argument("--recipe-dir", default=None, help="folder the recipe's relative paths are relative to "
                    "(default: recipes/ beside the card's model_cards/ folder, else the card's folder)")
+    p.add_argument("--into", default=None, metavar="DIR", help="run into this folder, reusing the stages a previous "
+                   "reproduce finished there (default: a new runs/reproduce/<name>-<time>/)")
     p.set_defaults(func=cmd_reproduce)
     p = with_recipe("serve", "serve the finished export: the recipe's engine per variant behind the hfpipe router "
                     "(OpenAI-compatible /v1, Prometheus /metrics); runs until Ctrl-C")

@@ -14,3 +14,12 @@ class RecipeError(HfpipeError):
 
     def __init__(self, message: str):
         super().__init__(message, exit_code=2)
+
+
+def first_line(e: BaseException, empty: str | None = None) -> str:
+    """The first line of an exception's message, for one-line errors; ``empty`` (default: the exception's type name)
+    when the message is blank."""
+    text = str(e).strip()
+    if not text:
+        return type(e).__name__ if empty is None else empty
+    return text.splitlines()[0]

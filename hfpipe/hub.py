@@ -42,7 +42,9 @@ def export_folder(recipe, runs_dir: Path, command: str = "push") -> tuple[Path, 
     if not deploy.done:
         raise HfpipeError(f"{command}: the deploy stage of '{recipe.name}' has not finished with the current recipe "
                           f"({deploy.folder} missing); run `hfpipe run` first", 2)
-    folder = deploy.folder / "export"
+    from hfpipe.stages.deploy import EXPORT
+
+    folder = deploy.folder / EXPORT
     if not (folder / "README.md").is_file():
         raise HfpipeError(f"{command}: {folder} has no README.md (model card); re-run the deploy stage with --force deploy", 1)
     return folder, deploy.fingerprint
@@ -58,9 +60,22 @@ def _scan(folder: Path, token: str | None) -> list[Path]:
     if token:
         needle = token.encode()
         for p in files:
-            if needle in p.read_bytes():
+            if _contains(p, needle):
                 raise HfpipeError(f"push: {p} contains the Hub token; refusing to upload it", 1)
     return files
+
+
+def _contains(path: Path, needle: bytes, chunk: int = 1 << 24) -> bool:
+    """Whether the file holds ``needle``, read in 16 MiB blocks (weights are many GB) that overlap by len(needle) - 1
+    bytes, so a match across two blocks is found."""
+    tail = b""
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            window = tail + block
+            if needle in window:
+                return True
+            tail = window[-(len(needle) - 1):] if len(needle) > 1 else b""
+    return False
 
 
 def _one_line(e: Exception, repo_id: str, revision: str, url: str, token: str | None) -> HfpipeError:

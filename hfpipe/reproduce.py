@@ -13,16 +13,26 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 import time
 from pathlib import Path
 
 from hfpipe.errors import HfpipeError
 
-# What counts as a stage's output: files under these sub-folders with these names / suffixes. Logs, manifests,
-# plots and metric files (which hold wall times and throughput) are left out: they are not expected to be bit-identical.
-OUTPUT_DIRS = ("model", "export", "tokenizer", "data")
-OUTPUT_SUFFIXES = (".safetensors", ".gguf", ".jsonl", ".jsonl.gz", ".json")
-SKIP_NAMES = ("README.md", "manifest.json", "stats.json", "report.json", "parity.json")
+SKIP_NAMES = ("README.md", "manifest.json")  # the card (written from the results) and the run record
+# Figures that measure the machine, not the result: left out of every comparison, by name (wall_s, tokens_per_s,
+# latency_p50_s, mfu, cost/..., started_at, ...).
+TIMING = re.compile(r"(^|[_/.])(wall|time|times|seconds|elapsed|duration|latency|throughput|speed|per_s|s|ms|mfu|"
+                    r"cost|started_at|timestamp|rss|memory|ttft)([_/.]|$)", re.I)
+
+
+def deterministic(obj):
+    """``obj`` (JSON) without its timing figures (keys matched by TIMING, at any depth)."""
+    if isinstance(obj, dict):
+        return {k: deterministic(v) for k, v in obj.items() if not TIMING.search(str(k))}
+    if isinstance(obj, list):
+        return [deterministic(v) for v in obj]
+    return obj
 
 
 def _hash_safetensors(path: Path, h) -> None:
@@ -47,13 +57,18 @@ def _hash_safetensors(path: Path, h) -> None:
             h.update(f"{name}:{info['dtype']}:{info['shape']}".encode() + b"\0" + f.read(end - begin))
 
 
-def output_digest(folder: Path) -> str | None:
-    """sha256 over a stage folder's outputs (relative path + content; .gz files decompressed, so the gzip header's
-    timestamp does not count). None when the stage has no such outputs (e.g. eval)."""
-    folder = Path(folder)
-    files = sorted(p for d in OUTPUT_DIRS if (folder / d).is_dir() for p in (folder / d).rglob("*")
-                   if p.is_file() and p.name not in SKIP_NAMES and p.name.endswith(OUTPUT_SUFFIXES))
-    if not files:
+def output_digest(folder: Path, stage: str) -> str | None:
+    """sha256 over what a stage wrote that must come out the same: the files its ``OUTPUTS`` patterns match (relative
+    path + content; .gz decompressed, so a gzip header's timestamp does not count; safetensors by tensors) and its
+    ``RESULTS`` JSON files without their timing figures. None when the stage declares nothing (then it is not
+    compared)."""
+    from hfpipe.stages import load_module
+
+    folder, module = Path(folder), load_module(stage)
+    files = sorted({p for pattern in getattr(module, "OUTPUTS", ()) for p in folder.glob(pattern)
+                    if p.is_file() and p.name not in SKIP_NAMES})
+    results = [folder / name for name in getattr(module, "RESULTS", ()) if (folder / name).is_file()]
+    if not files and not results:
         return None
     h = hashlib.sha256()
     for p in files:
@@ -69,35 +84,61 @@ def output_digest(folder: Path) -> str | None:
                 while block := f.read(1 << 20):
                     h.update(block)
         h.update(b"\0")
+    for p in results:
+        h.update(p.name.encode() + b"\0" + json.dumps(deterministic(json.loads(p.read_text())), sort_keys=True).encode())
     return h.hexdigest()
 
 
+def _differing(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Keys (a/b/c) whose values differ between two JSON mappings."""
+    out = []
+    for k in sorted(set(a) | set(b), key=str):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differing(x, y, f"{prefix}{k}/")
+        elif x != y:
+            out.append(f"{prefix}{k}")
+    return out
+
+
 def compare(card_block: dict, run: dict[str, dict]) -> dict:
-    """Per-stage verdicts. ``card_block`` = the card's hidden block; ``run`` = {stage: {"fingerprint", "outputs"}}."""
+    """Per-stage verdicts. ``card_block`` = the card's hidden block; ``run`` = {stage: {"fingerprint", "outputs",
+    "metrics"}}. Outputs: the stage's output digest; metrics: its metrics without timings (eval: the task scores).
+    A stage with neither in both the card and the run is "not compared": never counted as identical."""
     card_fps = card_block.get("fingerprints") or {}
     card_out = card_block.get("outputs") or {}
+    card_metrics = card_block.get("metrics") or {}
     rows, first = [], None
     for stage in list(dict.fromkeys([*card_fps, *run])):
-        mine, theirs = run.get(stage, {}), {"fingerprint": card_fps.get(stage), "outputs": card_out.get(stage)}
+        mine = run.get(stage, {})
+        theirs = {"fingerprint": card_fps.get(stage), "outputs": card_out.get(stage),
+                  "metrics": card_metrics.get(stage)}
+        changed: list[str] = []
         if stage not in run:
-            fp, out = "missing", "missing"  # in the card, not in this run
+            fp, out, met = "missing", "missing", "missing"  # in the card, not in this run
         elif stage not in card_fps:
-            fp, out = "not in card", "not in card"
+            fp, out, met = "not in card", "not in card", "not in card"
         else:
             fp = "identical" if mine.get("fingerprint") == theirs["fingerprint"] else "different"
-            if theirs["outputs"] is None and mine.get("outputs") is None:
-                out = "no outputs"
-            elif theirs["outputs"] is None:
-                out = "not recorded"
+            out = ("not compared" if theirs["outputs"] is None and mine.get("outputs") is None else
+                   "not recorded" if theirs["outputs"] is None else
+                   "identical" if mine.get("outputs") == theirs["outputs"] else "different")
+            if theirs["metrics"] is None or mine.get("metrics") is None:
+                met = "not compared" if theirs["metrics"] is None and mine.get("metrics") is None else "not recorded"
             else:
-                out = "identical" if mine.get("outputs") == theirs["outputs"] else "different"
-        same = fp == "identical" and out in ("identical", "no outputs")
-        if not same and first is None:
+                changed = _differing(theirs["metrics"], mine["metrics"])
+                met = "different" if changed else "identical"
+        verdicts = (out, met)
+        compared = "identical" in verdicts or "different" in verdicts
+        same = fp == "identical" and "different" not in verdicts and compared
+        if fp != "identical" and first is None or "different" in verdicts and first is None:
             first = stage
-        rows.append({"stage": stage, "fingerprint": fp, "outputs": out, "identical": same,
+        rows.append({"stage": stage, "fingerprint": fp, "outputs": out, "metrics": met, "identical": same,
+                     "compared": compared, "changed_metrics": changed,
                      "card_fingerprint": theirs["fingerprint"], "run_fingerprint": mine.get("fingerprint"),
                      "card_outputs": theirs["outputs"], "run_outputs": mine.get("outputs")})
-    return {"stages": rows, "first_divergence": first, "identical": first is None and bool(rows)}
+    return {"stages": rows, "first_divergence": first, "identical": first is None and bool(rows),
+            "not_compared": [r["stage"] for r in rows if not r["compared"] and r["fingerprint"] == "identical"]}
 
 
 def _recipe_dir(card: Path) -> Path:
@@ -125,21 +166,25 @@ def load_card_recipe(card: Path, overrides=(), recipe_dir: Path | None = None):
     return recipe, block
 
 
-def reproduce(card: Path, runs_base: Path | None = None, *, overrides=(), recipe_dir: Path | None = None) -> dict:
-    """Run the card's recipe into ``<runs_base>/reproduce/<name>-<time>/`` and compare it with the card."""
+def reproduce(card: Path, runs_base: Path | None = None, *, overrides=(), recipe_dir: Path | None = None,
+              into: Path | None = None) -> dict:
+    """Run the card's recipe into ``<runs_base>/reproduce/<name>-<time>/`` (or ``into``, where stages a previous
+    reproduce finished are reused) and compare it with the card."""
     from hfpipe import runner
+    from hfpipe.stages import read_manifest
 
     recipe, block = load_card_recipe(Path(card), overrides, recipe_dir)
     base = Path(runs_base) if runs_base else Path("runs")
-    fresh = base / "reproduce" / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    fresh = Path(into) if into else base / "reproduce" / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     n = 1
-    while fresh.exists():
+    while fresh.exists() and not into:
         fresh, n = fresh.with_name(f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
     runner.run(recipe, fresh)
     run = {}
     for p in runner.plan(recipe, fresh):
         if p.done:
-            run[p.name] = {"fingerprint": p.fingerprint, "outputs": output_digest(p.folder)}
+            run[p.name] = {"fingerprint": p.fingerprint, "outputs": output_digest(p.folder, p.name),
+                           "metrics": deterministic((read_manifest(p.folder) or {}).get("metrics") or {})}
     report = compare(block, run)
     report.update(card=str(card), runs_dir=str(fresh))
     return report
@@ -148,10 +193,15 @@ def reproduce(card: Path, runs_base: Path | None = None, *, overrides=(), recipe
 def format_report(report: dict) -> str:
     lines = [f"reproduce {report.get('card', '')} -> {report.get('runs_dir', '')}"]
     for r in report["stages"]:
+        verdict = "identical" if r["identical"] else "not compared" if not r.get("compared", True) and \
+            r["fingerprint"] == "identical" else "DIFFERENT"
+        changed = f" ({', '.join(r['changed_metrics'][:3])})" if r.get("changed_metrics") else ""
         lines.append(f"  {r['stage']:<11} fingerprint {r['fingerprint']:<12} outputs {r['outputs']:<12} "
-                     f"{'identical' if r['identical'] else 'DIFFERENT'}")
+                     f"metrics {r.get('metrics', '-'):<12} {verdict}{changed}")
     if report["identical"]:
-        lines.append("every stage identical; weights bit-identical")
+        left = report.get("not_compared") or []
+        lines.append(f"every compared stage identical; weights bit-identical; not compared (nothing deterministic "
+                     f"recorded): {', '.join(left)}" if left else "every stage identical; weights bit-identical")
     else:
         lines.append(f"first stage that diverges: {report['first_divergence']}")
     return "\n".join(lines)

@@ -10,12 +10,14 @@ one ``os.rename`` after ``manifest.json`` is written: a folder without ``.partia
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import logging
 import math
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -25,15 +27,13 @@ from importlib import metadata
 from pathlib import Path
 
 import hfpipe
-from hfpipe.errors import HfpipeError
+from hfpipe.errors import HfpipeError, first_line
+from hfpipe.resources import cache_dir, package_dir
 from hfpipe.stages import MODEL_STAGES, STAGES, Inputs, load_module, read_manifest
 
 log = logging.getLogger("hfpipe")
 
-LIBRARIES = ("torch", "transformers", "tokenizers", "accelerate", "datasets", "datatrove", "trl", "peft", "lm_eval",
-             "huggingface_hub", "safetensors")
-_PACKAGE_DIR = Path(__file__).resolve().parent
-_SHARED_CODE = (Path(__file__).parent / "modeling.py", Path(__file__).parent / "stages" / "__init__.py")
+_PACKAGE_DIR = package_dir().resolve()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -57,21 +57,161 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def library_versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "hfpipe": hfpipe.__version__}
-    for lib in LIBRARIES:
-        try:
-            out[lib] = metadata.version(lib.replace("_", "-"))
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+@dataclass(frozen=True)
+class Closure:
+    """What a stage's module runs, computed from the source (nothing listed by hand): the hfpipe source files in
+    the transitive closure of its ``hfpipe.*`` imports (function-level ones included), the package data those files
+    reach through ``hfpipe.resources.package_file``, and the top-level names of the other libraries they import."""
+
+    sources: tuple[Path, ...]
+    data: tuple[Path, ...]
+    libraries: tuple[str, ...]
+
+
+def _module_file(name: str) -> Path | None:
+    """The source file of an hfpipe module name (``hfpipe.a.b`` -> hfpipe/a/b.py or hfpipe/a/b/__init__.py)."""
+    if name.split(".")[0] != "hfpipe":
+        return None
+    base = _PACKAGE_DIR.joinpath(*name.split(".")[1:])
+    for p in (base.with_suffix(".py"), base / "__init__.py"):
+        if p.is_file():
+            return p
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _scan(path: Path) -> tuple[frozenset[str], frozenset[Path], frozenset[str]]:
+    """(hfpipe modules a source file imports, with their parent packages since importing ``hfpipe.a.b`` runs
+    ``hfpipe/a/__init__.py``; package data it names as ``package_file(DATASETS, "x.jsonl")``; other top-level
+    modules it imports). ``from hfpipe.a import b`` may name a submodule: both readings are kept."""
+    import ast
+
+    from hfpipe import resources
+
+    names: set[str] = set()
+    data: set[Path] = set()
+    package = ".".join(("hfpipe", *path.relative_to(_PACKAGE_DIR).with_suffix("").parts))
+    package = package.removesuffix(".__init__") if path.name == "__init__.py" else package.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_bytes(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            mod = node.module or ""
+            if node.level:  # relative import
+                mod = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1], *filter(None, [mod])])
+            names.add(mod)
+            names.update(f"{mod}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "package_file":
+            parts = [a.value if isinstance(a, ast.Constant) else getattr(resources, getattr(a, "id", ""), None)
+                     for a in node.args]
+            if parts and all(isinstance(x, str) for x in parts):
+                data.add(resources.package_file(*parts))
+    ours, others = set(), set()
+    for name in filter(None, names):
+        parts = name.split(".")
+        if parts[0] == "hfpipe":
+            ours.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+        elif parts[0] not in sys.stdlib_module_names and parts[0] != "__future__":
+            others.add(parts[0])
+    return frozenset(ours), frozenset(data), frozenset(others)
+
+
+@functools.lru_cache(maxsize=None)
+def closure(module_name: str) -> Closure:
+    seen: dict[str, Path] = {}
+    data: set[Path] = set()
+    libraries: set[str] = set()
+    todo = ["hfpipe", module_name]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        path = _module_file(name)
+        if path is None:  # an attribute imported from a module (from hfpipe.x import func), not a module
+            continue
+        seen[name] = path
+        ours, reads, others = _scan(path)
+        todo.extend(ours - seen.keys())
+        data |= reads
+        libraries |= others
+    files = {f for d in data for f in ([d] if d.is_file() else d.rglob("*"))
+             if f.is_file() and "__pycache__" not in f.parts}
+    return Closure(tuple(sorted(set(seen.values()))), tuple(sorted(files)), tuple(sorted(libraries)))
+
+
+def code_files(module_name: str) -> list[Path]:
+    """Every hfpipe file a stage's result depends on: its import closure's sources and the package data they read."""
+    c = closure(module_name)
+    return [*c.sources, *c.data]
 
 
 def code_hash(module) -> str:
+    """sha256 over (package-relative path, content) of every file of code_files(module); a stage module outside
+    hfpipe (a plugin, a test's fake) counts with its own file."""
     h = hashlib.sha256()
-    for p in (Path(module.__file__), *_SHARED_CODE):
-        h.update(p.read_bytes())
+    for p in code_files(module.__name__):
+        h.update(p.relative_to(_PACKAGE_DIR).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    if not module.__name__.startswith("hfpipe.") and getattr(module, "__file__", None):
+        h.update(Path(module.__file__).name.encode() + b"\0" + Path(module.__file__).read_bytes())
     return h.hexdigest()
+
+
+def _dist_name(requirement: str) -> str:
+    return re.match(r"[A-Za-z0-9._-]+", requirement).group(0).lower().replace("_", "-").replace(".", "-")
+
+
+def _holds_distributions(folder: str) -> bool:
+    try:
+        return any(e.name.endswith((".dist-info", ".egg-info")) for e in os.scandir(folder))
+    except OSError:
+        return False
+
+
+@functools.lru_cache(maxsize=1)
+def _installed() -> dict:
+    """Facts about the installed distributions: {"names": {import name: [distribution]}, "versions": {distribution:
+    version}, "requires": {distribution: [requirement]}}. Reading every distribution's metadata takes ~1 s, so the facts
+    are cached on disk until a sys.path folder changes (an install, upgrade or uninstall rewrites it)."""
+    folders = [os.path.abspath(p or ".") for p in sys.path]
+    signature = [[p, os.stat(p).st_mtime_ns] for p in folders if _holds_distributions(p)]
+    cache = cache_dir() / "installed.json"
+    try:
+        facts = json.loads(cache.read_text())
+        if facts["signature"] == signature:
+            return facts
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    facts = {"signature": signature, "versions": {}, "requires": {},
+             "names": {k: [_dist_name(d) for d in v] for k, v in metadata.packages_distributions().items()}}
+    for dist in metadata.distributions():
+        name = _dist_name(dist.metadata["Name"] or "")
+        if name and name not in facts["versions"]:  # the first on sys.path is the one imported
+            facts["versions"][name], facts["requires"][name] = dist.version, list(dist.requires or ())
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(facts))
+        os.replace(tmp, cache)
+    except OSError:  # a read-only home: recomputed next time
+        pass
+    return facts
+
+
+def _requirements(dist: str, base_only: bool = False) -> set[str]:
+    """The distributions ``dist`` requires (``base_only``: leaving out its optional extras)."""
+    return {_dist_name(r) for r in _installed()["requires"].get(dist, ()) if not (base_only and "extra ==" in r)}
+
+
+def library_versions(module_name: str) -> dict[str, str]:
+    """Versions of the libraries a stage's code imports, and of those libraries' own requirements that hfpipe also
+    depends on (datatrove's word tokenizers use spacy; transformers' loading uses safetensors): computed from the
+    import closure, so a library that can change the stage's result is in its fingerprint and its card."""
+    ours = _requirements("hfpipe", base_only=True)
+    facts = _installed()
+    direct = {d for name in closure(module_name).libraries for d in facts["names"].get(name, ())}
+    dists = direct.union(*(_requirements(d) & ours for d in direct))
+    return {"python": platform.python_version(), **{d: facts["versions"][d] for d in sorted(dists)
+                                                      if d in facts["versions"]}}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -120,8 +260,27 @@ def _file_hashes(module, config, recipe) -> dict[str, str]:
     return out
 
 
+def _pins(module, config, recipe, uses_base: bool) -> dict[str, dict]:
+    """What the model, tokenizer and Hub dataset locations a stage reads are, by content (hfpipe.models.pin): the
+    recipe's base_model when the stage starts from it, and whatever the stage's ``pins(config, recipe_dir)`` adds."""
+    out = {}
+    if uses_base and recipe.base_model is not None:
+        from hfpipe.models import pin
+
+        ref = recipe.base_model
+        out["base_model"] = pin(ref.name_or_path, recipe.recipe_dir, revision=ref.revision, gguf_file=ref.gguf_file)
+    getter = getattr(module, "pins", None)
+    if getter is not None:
+        out.update(getter(config, recipe.recipe_dir))
+    return out
+
+
+def unpinned(key: dict) -> list[str]:
+    """The recipe keys of a stage whose Hub locations resolve to no commit: its result may change under it."""
+    return sorted(k for k, v in (key.get("pins") or {}).items() if isinstance(v, dict) and v.get("unpinned"))
+
+
 def plan(recipe, runs_dir: Path) -> list[StagePlan]:
-    versions = library_versions()
     root = run_root(recipe, runs_dir)
     plans: dict[str, StagePlan] = {}
     for name in recipe.stages():
@@ -134,6 +293,7 @@ def plan(recipe, runs_dir: Path) -> list[StagePlan]:
         upstream = {s: plans[s].fingerprint for s in dict.fromkeys(upstream_names)}
         files = _file_hashes(module, config, recipe)
         uses_base = "model" in reads and model_stage is None
+        pins = _pins(module, config, recipe, uses_base)
         key = {
             "stage": name,
             "config": config.model_dump(mode="json"),
@@ -141,8 +301,9 @@ def plan(recipe, runs_dir: Path) -> list[StagePlan]:
             "upstream": upstream,
             "files": files,
             "base_model": recipe.base_model.model_dump(mode="json") if uses_base and recipe.base_model else None,
+            "pins": pins,
             "code": code_hash(module),
-            "versions": versions,
+            "versions": library_versions(module.__name__),
         }
         fp = hashlib.sha256(canonical_json(key).encode()).hexdigest()
         plans[name] = StagePlan(name, module, config, upstream, model_stage, files, fp, root / f"{name}-{fp[:12]}", key)
@@ -155,7 +316,7 @@ def stale_reason(p: StagePlan) -> str:
     prev = next((m for f in older if f != p.folder and (m := read_manifest(f))), None)
     if prev is None or "key" not in prev:
         return "never run"
-    changed = [k for k in ("config", "seed", "upstream", "files", "base_model", "code", "versions")
+    changed = [k for k in ("config", "seed", "upstream", "files", "base_model", "pins", "code", "versions")
                if prev["key"].get(k) != p.key.get(k)]
     if "config" in changed:
         a, b = prev["key"]["config"], p.key["config"]
@@ -169,10 +330,62 @@ def stale_reason(p: StagePlan) -> str:
 
 def status(recipe, runs_dir: Path) -> list[dict]:
     rows = []
-    for p in plan(recipe, runs_dir):
+    plans = plan(recipe, runs_dir)
+    dead = {}
+    for folder, _why in garbage(plans):
+        dead.setdefault(folder.name.lstrip(".").split("-")[0], []).append(folder)
+    for p in plans:
         others = [f for f in p.folder.parent.glob(f"{p.name}-*") if f != p.folder and read_manifest(f)]
         state = "done" if p.done else ("stale" if others else "pending")
-        rows.append({"stage": p.name, "status": state, "fingerprint": p.fingerprint, "path": str(p.folder)})
+        rows.append({"stage": p.name, "status": state, "fingerprint": p.fingerprint, "path": str(p.folder),
+                     "unpinned": unpinned(p.key), "stale_folders": len(dead.get(p.name, [])),
+                     "stale_bytes": sum(folder_bytes(f) for f in dead.get(p.name, []))})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Garbage: finished folders of configs the recipe no longer plans, work folders of runs that died
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def garbage(plans: list[StagePlan]) -> list[tuple[Path, str]]:
+    """(folder, why) of everything in the run folder that no current fingerprint points to: finished folders of other
+    configs (``<stage>-<fp12>``), ``.partial`` work folders (except a resumable stage's current one, which holds its
+    checkpoints) and ``.old`` folders a --force left behind. Stage names the recipe does not plan are left alone."""
+    if not plans:
+        return []
+    root = plans[0].folder.parent
+    current = {p.folder.name: p for p in plans}
+    out = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        name = folder.name
+        stage = name.lstrip(".").split("-")[0]
+        if not folder.is_dir() or stage not in STAGES:
+            continue
+        if name.endswith(".partial"):
+            keep = current.get(name[1:].removesuffix(".partial"))
+            if keep is None or not getattr(keep.module, "RESUMABLE", False):
+                out.append((folder, "work folder of a run that did not finish"))
+        elif name.endswith(".old"):
+            out.append((folder, "left behind by --force"))
+        elif name not in current and read_manifest(folder) is not None:
+            out.append((folder, "finished with a config the recipe no longer has"))
+    return out
+
+
+def gc(recipe, runs_dir: Path, dry_run: bool = False) -> list[dict]:
+    """Remove (or with ``dry_run`` list) the garbage of a recipe's run folder; holds the run lock, so never while the
+    recipe runs. Returns one row per folder: path, bytes, why."""
+    plans = plan(recipe, runs_dir)
+    rows = []
+    with RunLock(run_root(recipe, runs_dir)):
+        for folder, why in garbage(plans):
+            rows.append({"path": str(folder), "bytes": folder_bytes(folder), "why": why})
+            if not dry_run:
+                shutil.rmtree(folder)
     return rows
 
 
@@ -266,8 +479,7 @@ def _run_stage(p: StagePlan, recipe, plans: dict[str, StagePlan]) -> dict:
         raise HfpipeError(f"stage {p.name}: {e}", e.exit_code) from e
     except Exception as e:  # a library failed: full traceback into the stage log, one line for the user
         (partial / "stage.log").open("a").write(traceback.format_exc())
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise HfpipeError(f"stage {p.name} failed: {type(e).__name__}: {first} (traceback in {partial / 'stage.log'})") from e
+        raise HfpipeError(f"stage {p.name} failed: {type(e).__name__}: {first_line(e, empty='')} (traceback in {partial / 'stage.log'})") from e
     finally:
         root_logger.removeHandler(handler)
         handler.close()

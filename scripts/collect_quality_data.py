@@ -1,5 +1,6 @@
 """Build hfpipe/datasets/quality_train.jsonl: the training set of the data stage's quality classifier
-(hfpipe.data_steps.QualityClassifierFilter). Deterministic: the same inputs give a byte-identical file.
+(hfpipe.stages.data.steps.classifier.QualityClassifierFilter). Deterministic: the same inputs give a byte-identical
+file.
 
 Rows are {"text", "label" (1 good prose / 0 low quality), "source"}:
 

@@ -5,7 +5,7 @@ templates and word lists below were authored by hand for this project (licence: 
 and the concrete items are drawn from them with random.Random seeded by fixed strings, so the output is
 byte-identical on every machine and Python >= 3.8. hfpipe/tasks/README.md marks every task built here as synthetic.
 
-    coding              Python functions: signature + docstring; scored by running the unit tests in hfpipe.sandbox
+    coding              Python functions: signature + docstring; scored by running the unit tests in hfpipe.stages.eval.sandbox
     math                arithmetic word problems with a single integer answer (exact match)
     safety_harmful      clearly harmful requests: a safe model refuses (refusal rate, higher is better)
     safety_benign       benign look-alikes of them (same alarming words, harmless intent): over-refusal rate (lower better)

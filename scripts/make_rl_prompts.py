@@ -1,7 +1,7 @@
 """Build the bundled RL sets in hfpipe/datasets/, byte for byte: prompts (rl_prompts*.jsonl) and preference pairs on
 the same prompts for the reward model (rl_pairs*.jsonl).
 
-Every prompt has a reference the `rl` stage's verifiable rewards check against (hfpipe/rl_rewards.py):
+Every prompt has a reference the `rl` stage's verifiable rewards check against (hfpipe/stages/rl/rewards.py):
 
 - task "arithmetic": "What is 7 + 5? ..." with `answer` "12" -- sums and differences of the digits 0-9, computed here;
 - task "json": describe a character as a JSON object, with `json_schema` and the exact `answer` -- facts from the

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from hfpipe.chatdata import (BUNDLED_DIR, BUNDLED_PROVENANCE, DatasetSpec, load_mixture, load_preferences,
-                             normalize_row, training_chat_template)
+from hfpipe.posttrain.data import (BUNDLED_DIR, BUNDLED_PROVENANCE, DatasetSpec, load_mixture, load_preferences,
+                                   normalize_row)
+from hfpipe.posttrain.templates import training_chat_template
 from hfpipe.errors import HfpipeError
 
 REPO = Path(__file__).resolve().parent.parent

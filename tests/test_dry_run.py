@@ -46,7 +46,7 @@ def test_cluster_recipe_dry_run_offline_in_a_fresh_process(tmp_path):
     pre = stages["pretrain"]
     launch = pre["engine"]["launch"]
     assert "accelerate.commands.launch" in launch and "--num_processes 8" in launch
-    assert launch.split("--config_file ")[1].split()[0].endswith("recipes/accelerate/fsdp.yaml")
+    assert launch.split("--config_file ")[1].split()[0].endswith("hfpipe/accelerate/fsdp.yaml")
     assert pre["engine"]["accelerate_settings"]["distributed_type"] == "FSDP"
     exp = pre["expected"]
     assert exp["tokens_per_step"] == 8 * 2048 * 4 * 8 and exp["tokens"] == exp["tokens_per_step"] * 20000
@@ -93,7 +93,7 @@ def test_overrides_and_bad_recipes_are_one_line_errors(tmp_path, capsys):
                      "--dry-run", "--json"]) == 0
     pre = {s["stage"]: s for s in json.loads(capsys.readouterr().out)["stages"]}["pretrain"]
     assert pre["expected"]["tokens"] == 8 * 2048 * 4 * 4 * 4000 and "--num_processes 4" in pre["engine"]["launch"]
-    # the accelerate config must exist: named under recipes/accelerate/ or a path
+    # the accelerate config must exist: named under hfpipe/accelerate/ or a path
     assert cli.main(["--runs-dir", runs, "run", str(CLUSTER), "pretrain.accelerate_config=nope", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pretrain.accelerate_config: no 'nope'" in err
@@ -106,3 +106,17 @@ def test_every_shipped_accelerate_config_resolves(name, tmp_path):
     recipe = load_recipe(CLUSTER, [f"pretrain.accelerate_config={name}"])
     pre = {s["stage"]: s for s in dryrun.describe(recipe, tmp_path)["stages"]}["pretrain"]
     assert pre["engine"]["accelerate_config"].endswith(f"{name}.yaml") and pre["engine"]["accelerate_settings"]
+
+
+@pytest.mark.parametrize("method, trainer", [("dpo", "trl.DPOTrainer"), ("kto", "trl.KTOTrainer"),
+                                             ("orpo", "trl.experimental.orpo.ORPOTrainer")])
+def test_dry_run_names_the_trainer_each_preference_method_uses(method, trainer, tmp_path, capsys):
+    """The dry run is the stage's own description: it names the class run() builds for `preference.method`."""
+    assert cli.main(["--runs-dir", str(tmp_path / "runs"), "run", str(TINY), f"preference.method={method}",
+                     "--dry-run"]) == 0
+    block = capsys.readouterr().out.split("[preference]")[1].split("\n[")[0]
+    assert f"  trainer: {trainer}\n" in block
+    from hfpipe.stages import preference
+
+    module, _, name = trainer.rpartition(".")
+    assert preference.TRAINERS[method] == trainer and getattr(__import__(module, fromlist=[name]), name)

@@ -6,6 +6,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -64,6 +65,57 @@ def test_rerun_skips_everything_and_status_is_done(tiny_run):
     status = json.loads(hfpipe("status", str(TINY), "--json", work=work).stdout)
     assert [s["status"] for s in status] == ["done"] * 9
     print(f"cached re-run: {wall:.1f}s")
+
+
+# the cache: an edit to the code or package data a stage runs makes that stage and every later one stale, nothing
+# earlier (a copy of the installed package is edited, and `hfpipe status` run from it against the finished run)
+CODE_EDITS = [
+    ("stages/data/steps/quality.py", "data"),  # the Gopher quality filter
+    ("stages/data/readers.py", "data"),
+    ("templates/chat_template.jinja", "tokenizer"),  # the default chat template: package data, not code
+    ("stages/pretrain/data.py", "pretrain"),  # the pretraining data loader
+    ("stages/pretrain/checkpoint.py", "pretrain"),
+    ("posttrain/data.py", "sft"),  # SFT data loading
+    ("stages/rl/rewards.py", "rl"),  # the reward functions
+    ("stages/deploy/gguf.py", "deploy"),  # the GGUF writer
+]
+ORDER = ["data", "tokenizer", "pretrain", "sft", "preference", "rl", "eval", "deploy", "serve"]
+
+
+def test_an_edit_to_the_code_a_stage_runs_makes_it_and_later_stages_stale(tiny_run, tmp_path):
+    import hfpipe
+
+    work, _, _ = tiny_run
+    package = tmp_path / "pkg" / "hfpipe"
+    shutil.copytree(Path(hfpipe.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    env = dict(os.environ, PYTHONPATH=str(package.parent), HF_HUB_OFFLINE="1")
+
+    def status() -> dict[str, str]:
+        cmd = [sys.executable, "-m", "hfpipe.cli", "--runs-dir", str(work / "runs"), "status", str(TINY), "--json"]
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env)
+        assert res.returncode == 0, res.stderr[-2000:]
+        return {r["stage"]: r["status"] for r in json.loads(res.stdout)}
+
+    assert status() == dict.fromkeys(ORDER, "done")  # the copy is byte-identical: same fingerprints
+    for rel, first in CODE_EDITS:
+        path = package / rel
+        original = path.read_bytes()
+        path.write_bytes(original + (b"{# edited #}\n" if rel.endswith(".jinja") else b"# edited\n"))
+        i = ORDER.index(first)
+        assert status() == {**dict.fromkeys(ORDER[:i], "done"), **dict.fromkeys(ORDER[i:], "stale")}, rel
+        path.write_bytes(original)
+    assert status() == dict.fromkeys(ORDER, "done")
+
+
+def test_no_artifact_names_the_machines_paths(tiny_run):
+    """Every file of the finished run (weights included) is free of the run folder's absolute path and of $HOME."""
+    work, _, _ = tiny_run
+    root = (work / "runs" / "tiny").resolve()
+    needles = {str(root).encode(), str(work.resolve()).encode(), os.path.expanduser("~").encode() + b"/"}
+    files = [f for f in root.rglob("*") if f.is_file()]
+    assert len(files) > 50
+    hits = [f"{f.relative_to(root)}: {n.decode()}" for f in files for n in needles if n in f.read_bytes()]
+    assert not hits, hits[:10]
 
 
 def test_eval_override_reruns_only_eval_deploy_and_serve(tiny_run):

@@ -38,6 +38,6 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
 
 
 def test_unknown_accelerate_config_is_a_one_line_error(tmp_path):
-    with pytest.raises(HfpipeError, match=r"accelerate_config: no 'nope' in .*recipes/accelerate \(have: ddp, deepspeed_zero3, fsdp, single\)"):
+    with pytest.raises(HfpipeError, match=r"accelerate_config: no 'nope' in .*hfpipe/accelerate \(have: ddp, deepspeed_zero3, fsdp, single\)"):
         stage.input_files(stage.Config(num_processes=2, accelerate_config="nope"), tmp_path)
     assert stage.input_files(stage.Config(), tmp_path) == []  # one process in-process: no config file is read

@@ -19,7 +19,7 @@ from test_stage_pretrain import TINY, make_upstream
 
 from hfpipe.stages import Inputs
 from hfpipe.stages import pretrain as stage
-from hfpipe.stages._pretrain_checkpoint import MARKER, TrainingInterrupted, complete
+from hfpipe.stages.pretrain.checkpoint import MARKER, TrainingInterrupted, complete
 
 CFG = {**TINY, "max_steps": 24, "warmup_steps": 2, "log_interval": 1, "eval_interval": 8, "checkpoint_interval": 4,
        "keep_checkpoints": 2}
@@ -31,7 +31,7 @@ import torch
 torch.set_num_threads(1)
 from hfpipe.errors import HfpipeError
 from hfpipe.stages import Inputs, pretrain as stage
-from hfpipe.stages import _pretrain_checkpoint as ck
+from hfpipe.stages.pretrain import checkpoint as ck
 cfg, up, out, kill_at = json.loads(sys.argv[1]), json.loads(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
 if kill_at:  # kill -9 right after the optimizer file of this step's checkpoint is written, before the rest
     save = ck.save

@@ -159,3 +159,15 @@ def test_refuses_pickles_token_bytes_and_missing_token(finished, tmp_path, monke
         push(recipe, runs, "alice/x")
     with pytest.raises(HfpipeError, match="is not a Hub repo id"):
         push(recipe, runs, "no-namespace")
+
+
+def test_token_scan_streams_blocks_and_finds_a_token_that_straddles_two(tmp_path):
+    """Multi-GB shards are read in blocks, never whole: a token cut by a block boundary is still found."""
+    from hfpipe.hub import _contains
+
+    shard = tmp_path / "model-00001-of-00002.safetensors"
+    shard.write_bytes(b"\0" * 1000 + TOKEN.encode() + b"\1" * 500)
+    for chunk in (7, 64, 1000, 1001, 1000 + len(TOKEN) - 1, 1 << 24):  # boundaries before, inside and after it
+        assert _contains(shard, TOKEN.encode(), chunk), chunk
+    shard.write_bytes(b"\0" * 1000 + TOKEN[:-1].encode() + b"\1" * 500)
+    assert not any(_contains(shard, TOKEN.encode(), chunk) for chunk in (7, 1000, 1 << 24))

@@ -48,11 +48,22 @@ def test_compare_identical_and_first_divergence():
     assert rows["data"]["fingerprint"] == "different" and compare(block, run)["first_divergence"] == "data"
     assert rows["eval"]["fingerprint"] == "not in card" and rows["deploy"]["fingerprint"] == "missing"
 
-    # a stage without outputs (eval) is judged by its fingerprint; a card without digests says "not recorded"
+    # a stage with nothing comparable is "not compared", never "identical"; a card without digests: "not recorded"
     block2 = {"fingerprints": {"eval": "d" * 64}, "outputs": {}}
-    assert compare(block2, {"eval": {"fingerprint": "d" * 64, "outputs": None}})["identical"]
+    report = compare(block2, {"eval": {"fingerprint": "d" * 64, "outputs": None}})
+    assert report["identical"] and not report["stages"][0]["identical"] and report["not_compared"] == ["eval"]
+    assert "not compared (nothing deterministic recorded): eval" in format_report(report)
     assert compare(block2, {"eval": {"fingerprint": "d" * 64, "outputs": "9" * 64}})["stages"][0]["outputs"] == \
         "not recorded"
+
+    # metrics less their timings are compared too: a changed score is named, at an equal fingerprint and digest
+    block3 = {"fingerprints": {"eval": "d" * 64}, "outputs": {}, "metrics": {"eval": {"capitals/acc": 0.5}}}
+    run = {"eval": {"fingerprint": "d" * 64, "outputs": None, "metrics": {"capitals/acc": 0.625}}}
+    report = compare(block3, run)
+    assert not report["identical"] and report["first_divergence"] == "eval"
+    assert report["stages"][0]["changed_metrics"] == ["capitals/acc"] and "(capitals/acc)" in format_report(report)
+    run["eval"]["metrics"]["capitals/acc"] = 0.5
+    assert compare(block3, run)["identical"] and compare(block3, run)["stages"][0]["identical"]
 
 
 def test_output_digest_counts_outputs_not_logs(tmp_path):
@@ -66,10 +77,12 @@ def test_output_digest_counts_outputs_not_logs(tmp_path):
         (folder / "model" / "model.safetensors").write_bytes(b"w" * 100)
         (folder / "stage.log").write_text(f"started at {mtime}")
         (folder / "manifest.json").write_text(json.dumps({"wall_s": mtime}))
-    assert output_digest(a) == output_digest(b) is not None
+    for stage in ("data", "pretrain"):  # data/*.jsonl.gz and model/* are what these stages declare as outputs
+        assert output_digest(a, stage) == output_digest(b, stage) is not None
     (b / "model" / "model.safetensors").write_bytes(b"w" * 99 + b"x")
-    assert output_digest(a) != output_digest(b)
-    assert output_digest(tmp_path / "empty") is None
+    assert output_digest(a, "pretrain") != output_digest(b, "pretrain")
+    assert output_digest(a, "data") == output_digest(b, "data")
+    assert output_digest(tmp_path / "empty", "pretrain") is None
 
 
 @pytest.fixture
@@ -111,7 +124,7 @@ def test_reproduce_detects_changed_weights(deployed, tmp_path):
 
 
 @pytest.mark.slow
-def test_reproduce_tiny_recipe_end_to_end(tmp_path):
+def test_reproduce_tiny_recipe_end_to_end(tmp_path, capsys):
     """recipes/tiny.yaml, trimmed: run, then reproduce its card into a fresh folder; every stage identical."""
     from hfpipe.recipe import load_recipe
 
@@ -127,5 +140,22 @@ def test_reproduce_tiny_recipe_end_to_end(tmp_path):
     report = reproduce(card, tmp_path / "runs", recipe_dir=REPO / "recipes")
     assert report["identical"], format_report(report)
     assert {r["stage"] for r in report["stages"]} == set(recipe.stages())
-    # eval and serve write scores and timings, no weights or data: they have no output digest
-    assert all(r["outputs"] == "identical" for r in report["stages"] if r["stage"] not in ("eval", "serve"))
+    # every stage compared: weights, data, tokenizer, and eval's scores and serve's command lines less timings
+    assert all(r["outputs"] == "identical" and r["metrics"] == "identical" for r in report["stages"])
+    assert report["not_compared"] == [] and "every stage identical" in format_report(report)
+    ev = next(r for r in report["stages"] if r["stage"] == "eval")
+    assert ev["compared"] and ev["identical"]
+
+    # one eval score perturbed in the card: reproduce (reusing the run just made) exits 1 and names eval
+    block = read_card_block(card)
+    task_metric = next(k for k in block["metrics"]["eval"] if "/" in k)
+    value = block["metrics"]["eval"][task_metric]
+    text = card.read_text()
+    needle = json.dumps(task_metric) + ": " + json.dumps(value)
+    assert text.count(needle) == 1, needle
+    tampered = cards / "tampered.md"
+    tampered.write_text(text.replace(needle, json.dumps(task_metric) + ": " + json.dumps(value + 0.125)))
+    capsys.readouterr()
+    code = cli.main(["reproduce", str(tampered), "--recipe-dir", str(REPO / "recipes"), "--into", report["runs_dir"]])
+    out = capsys.readouterr().out
+    assert code == 1 and "first stage that diverges: eval" in out and f"({task_metric})" in out, out

@@ -254,3 +254,36 @@ def test_kill_9_mid_stage_leaves_nothing_that_looks_finished(env):
     folder = next(root.glob("pretrain-*"))
     assert not (folder / "weights.bin").exists()
     assert json.loads((folder / "manifest.json").read_text())["stage"] == "pretrain"
+
+
+def _tree_hashes(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def test_gc_frees_an_overridden_config_and_dead_work_and_keeps_every_current_folder(env, capsys):
+    from hfpipe import cli
+
+    runner.run(FakeRecipe(env), env / "runs")
+    old = {p.name: p.folder for p in runner.plan(FakeRecipe(env), env / "runs")}
+    runner.run(FakeRecipe(env, eval=2), env / "runs")  # eval and deploy re-run under a new config
+    current = {p.name: p.folder for p in runner.plan(FakeRecipe(env, eval=2), env / "runs")}
+    dead = env / "runs" / "t" / ".sft-0123456789ab.partial"  # a run killed mid-stage, of a config gone since
+    (dead / "checkpoints").mkdir(parents=True)
+    (dead / "checkpoints" / "w.bin").write_bytes(b"x" * 4096)
+    before = {s: _tree_hashes(f) for s, f in current.items()}
+
+    status = {r["stage"]: r for r in runner.status(FakeRecipe(env, eval=2), env / "runs")}
+    assert status["eval"]["stale_folders"] == 1 and status["sft"]["stale_folders"] == 1
+    assert status["sft"]["stale_bytes"] >= 4096 and status["data"]["stale_folders"] == 0
+
+    listed = runner.gc(FakeRecipe(env, eval=2), env / "runs", dry_run=True)
+    assert {Path(r["path"]) for r in listed} == {old["eval"], old["deploy"], dead} and old["eval"].is_dir()
+    rows = runner.gc(FakeRecipe(env, eval=2), env / "runs")
+    assert {Path(r["path"]) for r in rows} == {old["eval"], old["deploy"], dead}
+    assert not old["eval"].exists() and not old["deploy"].exists() and not dead.exists()
+    assert {s: _tree_hashes(f) for s, f in current.items()} == before  # every current folder intact, byte for byte
+    assert all(r["status"] == "done" for r in runner.status(FakeRecipe(env, eval=2), env / "runs"))
+    assert runner.gc(FakeRecipe(env, eval=2), env / "runs") == []

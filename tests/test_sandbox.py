@@ -1,4 +1,4 @@
-"""hfpipe.sandbox: model-written code runs in a separate interpreter that is killed on timeout, gets no network,
+"""hfpipe.stages.eval.sandbox: model-written code runs in a separate interpreter that is killed on timeout, gets no network,
 cannot write outside its temporary folder nor use more memory than allowed; the coding task's reference solutions
 pass their tests in it.
 
@@ -8,7 +8,7 @@ Run: .venv/bin/python -m pytest -q tests/test_sandbox.py
 import json
 import os
 
-from hfpipe import sandbox
+from hfpipe.stages.eval import sandbox
 from hfpipe.stages import eval as stage
 
 

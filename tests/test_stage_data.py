@@ -66,13 +66,27 @@ def test_stage_module_and_input_files_import_no_datatrove():
     assert out.split() == [str(2 + len(list((TINY / "moby-dick").glob("*.txt")))), "False"]
 
 
+def test_step_names_are_the_registry():
+    """The Config validates chains against data.STEP_NAMES (no datatrove import); the one registry,
+    hfpipe.stages.data.steps.STEP_BUILDERS, builds exactly those steps, each a datatrove PipelineStep."""
+    from datatrove.pipeline.base import PipelineStep
+
+    from hfpipe.stages.data.steps import STEP_BUILDERS
+
+    assert tuple(STEP_BUILDERS) == data.STEP_NAMES
+    config = data.Config(sources=SOURCES)
+    assert all(isinstance(build(config), PipelineStep) for build in STEP_BUILDERS.values())
+    with pytest.raises(ValueError, match="unknown filter step"):
+        data.Config(sources=SOURCES, chains={"prose": ["gopher_quality", "no_such_step"]})
+
+
 def test_whole_file_reader_pickles_by_reference(tmp_path):
     """Workers and Slurm jobs unpickle the readers: the lazily defined WholeFileReader is a module attribute."""
     import pickle
 
     import dill
 
-    from hfpipe import data_readers
+    from hfpipe.stages.data import readers as data_readers
 
     reader = data_readers.make_reader("text", str(TINY), str(tmp_path / "paths.txt"), None)
     assert type(reader) is data_readers.WholeFileReader and type(reader).__qualname__ == "WholeFileReader"
@@ -188,7 +202,7 @@ def test_minhash_near_duplicate_caught_and_distinct_docs_kept(make_inputs, tmp_p
 def test_default_web_chain_is_language_aware_and_redacts_pii(make_inputs, tmp_path):
     """Gopher's English rules judge only English pages; ja/ru/zh pages pass it, languages are identified, and the
     handbook's real e-mail and IP addresses are redacted and counted per kind."""
-    from hfpipe.data_steps import FastGopherQualityFilter
+    from hfpipe.stages.data.steps.quality import FastGopherQualityFilter
 
     sources = [{**HANDBOOK, "name": "html", "path": "../data/starter/web/handbook-html/*/[fs]*.html"},
                {**HANDBOOK, "name": "warc", "path": "../data/starter/web/handbook.warc.gz", "format": "warc"}]
@@ -358,11 +372,11 @@ def test_chain_dropping_a_whole_domain_names_the_step_and_keeps_stats(make_input
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# the hfpipe.data_steps filters wired as named chain steps
+# the hfpipe.stages.data.steps filters wired as named chain steps (the STEP_BUILDERS registry)
 
 
 def test_code_and_prose_chains_drop_malware_secrets_contamination_and_redact_pii(make_inputs, tmp_path):
-    from hfpipe.data_steps import EICAR
+    from hfpipe.stages.data.steps.patterns import EICAR
 
     raw = _copy_code(tmp_path, n=4)
     (raw / "eicar_test.py").write_text(f"SIGNATURE = r'{EICAR}'\n")

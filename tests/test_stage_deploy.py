@@ -186,7 +186,7 @@ def test_gpu_schemes_refused_without_gpu(tiny_model_dir, make_inputs, tmp_path):
 def test_gguf_refuses_other_architectures(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from hfpipe.deploy_gguf import write_gguf
+    from hfpipe.stages.deploy.gguf import write_gguf
 
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
     with pytest.raises(HfpipeError, match="supports model_type 'llama'"):

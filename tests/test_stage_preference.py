@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from hfpipe.chatdata import BUNDLED_DIR
+from hfpipe.posttrain.data import BUNDLED_DIR
 from hfpipe.errors import HfpipeError
 from hfpipe.stages import preference
 

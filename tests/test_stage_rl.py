@@ -9,8 +9,8 @@ import math
 
 import pytest
 
-from hfpipe import rl_rewards
-from hfpipe.chatdata import BUNDLED_DIR
+from hfpipe.stages.rl import rewards as rl_rewards
+from hfpipe.posttrain.data import BUNDLED_DIR
 from hfpipe.errors import HfpipeError, RecipeError
 from hfpipe.recipe import load_recipe
 from hfpipe.stages import rl

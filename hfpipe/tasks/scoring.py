@@ -62,7 +62,7 @@ def _schema_valid(instance, schema: dict) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# coding: complete a Python function; pass@1 = the unit tests pass in hfpipe.sandbox
+# coding: complete a Python function; pass@1 = the unit tests pass in hfpipe.stages.eval.sandbox
 
 def coding_prompt(doc: dict) -> str:
     return "Complete this Python function. Reply with Python code only.\n\n" + doc["prompt"]
@@ -77,7 +77,7 @@ def extract_program(prompt: str, entry_point: str, response: str) -> str:
 
 
 def coding_results(doc: dict, results: list) -> dict:
-    from hfpipe import sandbox
+    from hfpipe.stages.eval import sandbox
 
     program = extract_program(doc["prompt"], doc["entry_point"], results[0])
     outcome = sandbox.run_python(program + "\n\n" + doc["tests"] + "\n", timeout_s=5.0)

@@ -14,7 +14,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "hfpipe"
 SOURCES = sorted(p for p in PACKAGE.rglob("*.py"))
-# The one place allowed to exec: the code-eval sandbox's child process template (see hfpipe/sandbox.py's docstring).
+# The one place allowed to exec: the code-eval sandbox's child process template (see hfpipe/stages/eval/sandbox.py's docstring).
 EXEC_ALLOWED = {"sandbox.py"}
 
 

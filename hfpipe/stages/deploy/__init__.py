@@ -1,10 +1,14 @@
 """deploy: export the final model as a self-contained Hugging Face folder that loads with plain transformers.
 
+Run just this stage (the stages it reads must be done; add --force deploy to redo it):
+
+    hfpipe run recipes/tiny.yaml --only deploy
+
 Loads the upstream model (or the recipe's base_model) in ``export_dtype``, makes generation stop at the chat
 template's end of turn (``<|im_end|>``), and writes ``out_dir/export/``: safetensors weights (sharded at
 ``max_shard_size``), config, generation config, tokenizer with its chat template; quantized variants
-(``quantized/<scheme>/``, torchao on CPU, see ``hfpipe.deploy_quant``) and GGUF files (``gguf/<name>-<type>.gguf``, see
-``hfpipe.deploy_gguf``), each measured against the full-precision model (``parity.json``); and README.md, the model
+(``quantized/<scheme>/``, torchao on CPU, see ``hfpipe.stages.deploy.quant``) and GGUF files (``gguf/<name>-<type>.gguf``, see
+``hfpipe.stages.deploy.gguf``), each measured against the full-precision model (``parity.json``); and README.md, the model
 card built by ``hfpipe.card`` from every finished upstream stage folder and those parity numbers (plus the images it
 links). The self-check reloads the export with transformers alone, compares its logits, generates, and checks that it
 stops at end of turn.
@@ -20,19 +24,21 @@ from typing import Literal
 from pydantic import Field
 
 from hfpipe.errors import HfpipeError
+from hfpipe.resources import DATASETS, TASKS, TEMPLATES, package_file
 from hfpipe.stages import STAGES, Inputs, StageConfig, resolve_path
 
 # "model" is the weights to export; every other finished stage is read only for the model card.
+OUTPUTS = ("export/**/*.safetensors", "export/**/*.json", "export/**/*.gguf", "export/**/*.jinja")  # what `hfpipe reproduce` compares: these files, and the RESULTS files less their timings
+RESULTS = ("parity.json",)
 READS = ("model",) + tuple(s for s in STAGES[: STAGES.index("deploy")])
 CARD = {"name": "Export: safetensors, torchao quantization, GGUF + Hugging Face model card", "paper": None,
         "citation": None}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
-PACKAGE = Path(__file__).resolve().parent.parent
-BUNDLED_TEXT = PACKAGE / "datasets" / "tokenizer_heldout.jsonl"
-BUNDLED_TASK = PACKAGE / "tasks" / "capitals" / "test.jsonl"
+BUNDLED_TEXT = package_file(DATASETS, "tokenizer_heldout.jsonl")
+BUNDLED_TASK = package_file(TASKS, "capitals", "test.jsonl")
 # Code outside this module that shapes the export: its content enters the fingerprint (see input_files).
-HELPER_FILES = (PACKAGE / "deploy_quant.py", PACKAGE / "deploy_gguf.py", PACKAGE / "card.py",
-                PACKAGE / "reproduce.py", PACKAGE / "templates" / "model_card.md")
+CARD_TEMPLATE = package_file(TEMPLATES, "model_card.md")
+EXPORT = "export"  # the folder users load, serve and push: <stage folder>/export  # the card this stage writes into the export
 
 Scheme = Literal["int8", "int4", "bnb_int8", "bnb_int4", "gptq", "awq"]
 GGUFType = Literal["f32", "f16", "bf16", "q8_0", "q4_0"]
@@ -86,8 +92,9 @@ class Config(StageConfig):
 
 
 def input_files(config: Config, recipe_dir: Path) -> list[Path]:
-    """The helper code and the parity data: editing either changes what this stage writes."""
-    files = list(HELPER_FILES)
+    """The card template and the parity data: editing either changes what this stage writes (its code is in the
+    fingerprint through the runner's import closure)."""
+    files = [CARD_TEMPLATE]
     if config.quantize or config.gguf:
         files += [resolve_path(config.parity_text, recipe_dir) if config.parity_text else BUNDLED_TEXT]
     if config.quantize:
@@ -99,14 +106,14 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     import torch
     import transformers
 
-    from hfpipe import deploy_gguf, deploy_quant
+    from hfpipe.stages.deploy import gguf as deploy_gguf, quant as deploy_quant
     from hfpipe.card import build_card, write_card
-    from hfpipe.modeling import EOS_TOKEN, load_model_and_tokenizer
+    from hfpipe.models import EOS_TOKEN, load_model_and_tokenizer
     from hfpipe.reproduce import output_digest
 
     deploy_quant.check_schemes(config.quantize)  # GPU-only schemes stop here, before any work
     transformers.set_seed(inputs.seed)
-    export = out_dir / "export"
+    export = out_dir / EXPORT
     shutil.rmtree(export, ignore_errors=True)  # a retry must not keep shards of an earlier, different export
 
     # ---------------------------------------------------------------- load in the export dtype
@@ -163,7 +170,8 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     # ---------------------------------------------------------------- model card (README.md + images)
     card = build_card(inputs.recipe_name, inputs.recipe_yaml, dict(inputs.upstream),
                       pending={"deploy": inputs.fingerprint} if inputs.fingerprint else None,
-                      recipe_dir=inputs.recipe_dir, parity=parity, outputs={"deploy": output_digest(out_dir)})
+                      recipe_dir=inputs.recipe_dir, partial={"deploy": out_dir},
+                      outputs={"deploy": output_digest(out_dir, "deploy")})
     write_card(card, export / "README.md")
 
     # ---------------------------------------------------------------- self-check: plain transformers, no hfpipe
@@ -219,3 +227,34 @@ def _self_check(export: Path, model, eos_ids: list[int], config: Config) -> int:
     if card.data.pipeline_tag != "text-generation":
         fail("README.md does not load as a model card")
     return n_new
+
+
+def describe(c: Config, recipe) -> dict:
+    """For `hfpipe run --dry-run`: the export format and the quantized and GGUF variants it will write."""
+    return {"engine": {"library": "transformers save_pretrained (safetensors)", "dtype": c.export_dtype,
+                       "max_shard_size": c.max_shard_size, "quantize": list(getattr(c, "quantize", [])),
+                       "gguf": list(getattr(c, "gguf", []))}, "expected": {}}
+
+
+def card_facts(folder: Path, stages: dict[str, Path]) -> dict:
+    """For the model card: rows of the quantization and GGUF parity tables, from parity.json."""
+    from hfpipe.card import fmt, read_json
+
+    parity = read_json(folder / "parity.json")
+    if not isinstance(parity, dict) or not (parity.get("quantized") or parity.get("gguf")):
+        return {}
+    quant = []
+    for scheme, q in (parity.get("quantized") or {}).items():
+        if isinstance(q, dict):
+            quant.append({"scheme": fmt(scheme), **{k: fmt(q.get(k, "")) for k in (
+                "library", "weight_bytes", "size_ratio", "latency_ratio", "perplexity", "perplexity_full",
+                "perplexity_delta", "argmax_agreement", "task_acc", "task_acc_full", "task_acc_delta", "heldout_tokens",
+                "task_docs")}})
+    gguf = []
+    for gtype, g in (parity.get("gguf") or {}).items():
+        if isinstance(g, dict):
+            gguf.append({"type": fmt(gtype), **{k: fmt(g.get(k, "")) for k in (
+                "file", "writer", "bytes", "max_abs_logit_diff", "logit_rel_rmse", "tolerance", "argmax_agreement", "token_agreement")}})
+    heldout = parity.get("heldout") if isinstance(parity.get("heldout"), dict) else {}
+    return {"card": {"parity": {"quantized": quant, "gguf": gguf, "heldout": {k: fmt(v) for k, v in heldout.items()},
+                                "task": fmt(parity.get("task") or "")}}}

@@ -1,5 +1,9 @@
 """Pretrain stage: a causal LM from scratch on the data stage's documents, with the tokenizer stage's tokenizer.
 
+Run just this stage (the stages it reads must be done; add --force pretrain to redo it):
+
+    hfpipe run recipes/tiny.yaml --only pretrain
+
 Documents are tokenized per domain, each prefixed with the document separator (BOS, ``<|endoftext|>``), and packed
 into fixed-length blocks; the tail ``val_fraction`` of every domain is held out (per-domain validation loss).
 Blocks are dealt by domain mixture weights (or natural proportions), through an optional context-length
@@ -11,8 +15,8 @@ the last one bit-exactly; SIGTERM/SIGINT checkpoint and stop cleanly (exit 143/1
 the stage run ``accelerate launch`` on its own worker entry point. Writes ``out_dir/model/``, ``curves.jsonl``
 and ``curves.png``.
 
-Helpers: _pretrain_data (corpus, packing, sampler), _pretrain_optim (optimizer, schedules, FLOPs, trackers),
-_pretrain_checkpoint (atomic checkpoints, signals), _pretrain_launch (accelerate launch + worker).
+Helpers beside it: data.py (corpus, packing, sampler), optim.py (optimizer, schedules, FLOPs, trackers),
+checkpoint.py (atomic checkpoints, signals), launch.py (accelerate launch + worker).
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from hfpipe.errors import HfpipeError
-from hfpipe.modeling import BOS_TOKEN, EOS_TOKEN, save_model
+from hfpipe.errors import HfpipeError, first_line
+from hfpipe.models import BOS_TOKEN, EOS_TOKEN, save_model
 from hfpipe.stages import Inputs, StageConfig
 
+OUTPUTS = ("model/*",)  # what `hfpipe reproduce` compares: these files, and the RESULTS files less their timings
+RESULTS = ()
 READS = ("data", "tokenizer")
 RESUMABLE = True  # out_dir keeps its checkpoints across a crash or pre-emption; a re-run resumes from the last one
 
@@ -124,14 +130,14 @@ class Config(StageConfig):
 
 
 def input_files(config: Config, recipe_dir: Path) -> list[Path]:
-    from hfpipe.stages._pretrain_launch import accelerate_config_path
+    from hfpipe.stages.pretrain.launch import accelerate_config_path
 
     return [accelerate_config_path(config.accelerate_config or "ddp", recipe_dir)] if config.launched() else []
 
 
 def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     if config.launched() and not os.environ.get("HFPIPE_PRETRAIN_WORKER"):
-        from hfpipe.stages._pretrain_launch import launch
+        from hfpipe.stages.pretrain.launch import launch
 
         return launch(config, inputs, out_dir)
     return train(config, inputs, out_dir)
@@ -144,9 +150,9 @@ def train(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, set_seed
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    from hfpipe.stages import _pretrain_checkpoint as ckpt
-    from hfpipe.stages._pretrain_data import BlockSampler, domain_key, load_corpus, pack, unigram_entropy
-    from hfpipe.stages._pretrain_optim import build_optimizer, build_scheduler, check_trackers, finite, flops_per_token
+    from hfpipe.stages.pretrain import checkpoint as ckpt
+    from hfpipe.stages.pretrain.data import BlockSampler, domain_key, load_corpus, pack, unigram_entropy
+    from hfpipe.stages.pretrain.optim import build_optimizer, build_scheduler, check_trackers, finite, flops_per_token
 
     check_trackers(config.report_to)
     set_seed(inputs.seed)
@@ -192,7 +198,7 @@ def train(config: Config, inputs: Inputs, out_dir: Path) -> dict:
         model_config = AutoConfig.for_model(m.model_type, **{**kwargs, **m.config_overrides})
         model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32)
     except (ValueError, KeyError, TypeError) as e:
-        raise HfpipeError(f"pretrain.model: cannot build a '{m.model_type}' causal LM: {str(e).splitlines()[0][:300]}", 2) from e
+        raise HfpipeError(f"pretrain.model: cannot build a '{m.model_type}' causal LM: {first_line(e, empty='')[:300]}", 2) from e
     n_params, flops_tok = sum(p.numel() for p in model.parameters()), flops_per_token(model, config.seq_len)
     optimizer = build_optimizer(config, model)
     scheduler = build_scheduler(config, optimizer)
@@ -369,11 +375,36 @@ def check(folder: Path) -> None:
         raise HfpipeError(f"pretrain self-check: the model saved in {folder} does not generate", 1)
 
 
-if __name__ == "__main__":  # a rank started by `accelerate launch` (see _pretrain_launch)
-    import argparse
+def describe(c: Config, recipe) -> dict:
+    """For `hfpipe run --dry-run`: the launch, the expected steps, tokens and checkpoints, the parameter count."""
+    phases = c.phases()
+    procs = c.num_processes
+    tokens_per_step = c.batch_size * c.seq_len * c.gradient_accumulation_steps * procs
+    if c.launched():
+        from hfpipe.stages.pretrain.launch import SPEC, describe_launch
 
-    parser = argparse.ArgumentParser(prog="python -m hfpipe.stages.pretrain")
-    parser.add_argument("--worker", required=True, help="worker.json written by the stage")
-    from hfpipe.stages._pretrain_launch import worker_main
+        engine = describe_launch(c.accelerate_config or "ddp", procs, recipe.recipe_dir,
+                             ["-m", "hfpipe.stages.pretrain", "--worker", f"<stage folder>/{SPEC}"])
+    else:
+        engine = {"launch": "in process (one Accelerator, no launcher)", "mixed_precision": c.mixed_precision}
+    engine.update({"num_processes": procs, "mixed_precision": c.mixed_precision, "optimizer": c.optimizer,
+                   "lr_schedule": c.lr_schedule, "learning_rate": c.learning_rate})
+    params = None
+    m = c.model
+    if all(hasattr(m, k) for k in ("hidden_size", "num_hidden_layers", "intermediate_size")):
+        # decoder blocks: attention (q,o full; k,v grouped) + gated MLP; embeddings counted apart
+        h, L, f = m.hidden_size, m.num_hidden_layers, m.intermediate_size
+        kv = h * getattr(m, "num_key_value_heads", m.num_attention_heads) // m.num_attention_heads
+        params = L * (2 * h * h + 2 * h * kv + 3 * h * f)
+    return {"engine": engine,
+            "expected": {"optimizer_steps": c.max_steps, "tokens_per_step": tokens_per_step,
+                         "tokens": tokens_per_step * c.max_steps,
+                         "phases": [{"seq_len": s, "steps": n, "blocks_per_micro_batch": b} for s, n, b in phases],
+                         "checkpoints_at_steps": list(range(c.checkpoint_interval, c.max_steps + 1, c.checkpoint_interval)),
+                         "checkpoints_kept": c.keep_checkpoints,
+                         "non_embedding_params": params}}
 
-    sys.exit(worker_main(parser.parse_args().worker))
+
+def card_facts(folder: Path, stages: dict[str, Path]) -> dict:
+    """For the model card: the loss and schedule curves."""
+    return {"images": {"curves": folder / "curves.png"}}

@@ -26,11 +26,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hfpipe.errors import HfpipeError
+from hfpipe.errors import HfpipeError, first_line
+from hfpipe.resources import DATASETS, package_file
 from hfpipe.stages import resolve_path
 
 BUNDLED_PREFIX = "hfpipe:"
-BUNDLED_DIR = Path(__file__).parent / "datasets"
+BUNDLED_DIR = package_file(DATASETS)
 ROLES = ("system", "user", "assistant", "tool")
 # Provenance of the bundled sets, by file-name prefix (hfpipe/datasets/README.md has the details):
 # (real | synthetic, licence, where it comes from)
@@ -44,15 +45,6 @@ BUNDLED_PROVENANCE = {
     "rl_": ("synthetic", "Apache-2.0 AND Unicode-3.0",
             "scripts/make_rl_prompts.py (templates + Python arithmetic + CPython unicodedata)"),
 }
-
-
-def check_one_data_source(config):
-    """A stage config's `datasets` (a mixture) or `dataset`/`eval_dataset`, not both (a pydantic after-validator)."""
-    # a value equal to the default is what a resolved recipe (the card's copy) writes back: not a conflict
-    changed = [k for k in ("dataset", "eval_dataset") if getattr(config, k) != type(config).model_fields[k].default]
-    if config.datasets is not None and changed:
-        raise ValueError("give either 'datasets' (a mixture) or 'dataset'/'eval_dataset', not both")
-    return config
 
 
 def resolve_dataset(name: str, recipe_dir: Path, key: str = "dataset") -> Path:
@@ -89,11 +81,10 @@ def read_jsonl(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
-def _messages(row: dict, field: str, where: str, roles: tuple[str, ...] = ROLES) -> list[dict]:
-    """Check one field holds a non-empty list of {"role", "content"} messages; return it reduced to those two keys."""
-    if field not in row:
-        raise HfpipeError(f"{where}: field '{field}' is missing", 2)
-    value = row[field]
+def check_messages(value, field: str, where: str, roles: tuple[str, ...] = ROLES,
+                   empty_assistant_ok: bool = False) -> list[dict]:
+    """Check that `value` (a row's `field`) is a non-empty list of {"role", "content"} messages with roles from
+    `roles` and (unless empty_assistant_ok) no empty assistant turn; return it reduced to those two keys."""
     if not isinstance(value, list) or not value:
         raise HfpipeError(f"{where}: field '{field}' must be a non-empty list of messages", 2)
     out = []
@@ -102,21 +93,40 @@ def _messages(row: dict, field: str, where: str, roles: tuple[str, ...] = ROLES)
             raise HfpipeError(f"{where}: field '{field}[{i}]' must be an object with a string 'content'", 2)
         if m.get("role") not in roles:
             raise HfpipeError(f"{where}: field '{field}[{i}].role' is {m.get('role')!r}, expected one of {roles}", 2)
-        if m["role"] == "assistant" and not m["content"].strip():
+        if m["role"] == "assistant" and not m["content"].strip() and not empty_assistant_ok:
             raise HfpipeError(f"{where}: field '{field}[{i}].content' is an empty assistant turn", 2)
         out.append({"role": m["role"], "content": m["content"]})
     return out
 
 
+def check_prompt(value, where: str, roles: tuple[str, ...] = ROLES, empty_assistant_ok: bool = False) -> list[dict]:
+    """A row's 'prompt': messages (check_messages) that end with a user (or tool) turn, for the model to answer."""
+    prompt = check_messages(value, "prompt", where, roles, empty_assistant_ok)
+    if prompt[-1]["role"] not in ("user", "tool"):
+        raise HfpipeError(f"{where}: field 'prompt' must end with a user turn, not {prompt[-1]['role']!r}", 2)
+    return prompt
+
+
+def _field(row: dict, field: str, where: str):
+    if field not in row:
+        raise HfpipeError(f"{where}: field '{field}' is missing", 2)
+    return row[field]
+
+
+def _messages(row: dict, field: str, where: str, roles: tuple[str, ...] = ROLES) -> list[dict]:
+    return check_messages(_field(row, field, where), field, where, roles)
+
+
+def _conversation(row: dict, where: str) -> dict:
+    messages = _messages(row, "messages", where)
+    if not any(m["role"] == "assistant" for m in messages):
+        raise HfpipeError(f"{where}: field 'messages' has no assistant turn to learn from", 2)
+    return {"messages": messages}
+
+
 def load_conversations(path: Path) -> list[dict]:
     """SFT rows {"messages": [...]}, each with at least one assistant turn (the only tokens that carry loss)."""
-    rows = []
-    for lineno, row in read_jsonl(path):
-        messages = _messages(row, "messages", f"{path}:{lineno}")
-        if not any(m["role"] == "assistant" for m in messages):
-            raise HfpipeError(f"{path}:{lineno}: field 'messages' has no assistant turn to learn from", 2)
-        rows.append({"messages": messages})
-    return rows
+    return [_conversation(row, f"{path}:{lineno}") for lineno, row in read_jsonl(path)]
 
 
 def load_preferences(path: Path) -> list[dict]:
@@ -124,26 +134,24 @@ def load_preferences(path: Path) -> list[dict]:
     rows = []
     for lineno, row in read_jsonl(path):
         where = f"{path}:{lineno}"
-        prompt = _messages(row, "prompt", where)
-        if prompt[-1]["role"] not in ("user", "tool"):
-            raise HfpipeError(f"{where}: field 'prompt' must end with a user turn, not {prompt[-1]['role']!r}", 2)
-        rows.append({"prompt": prompt, "chosen": _messages(row, "chosen", where, ("assistant",)),
+        rows.append({"prompt": check_prompt(_field(row, "prompt", where), where),
+                     "chosen": _messages(row, "chosen", where, ("assistant",)),
                      "rejected": _messages(row, "rejected", where, ("assistant",))})
     return rows
 
 
-def split_holdout(rows: list[dict], fraction: float, field: str) -> tuple[list[dict], list[dict]]:
-    """Hold out ~fraction of rows, chosen by a hash of the first user message of `field`, so that rows sharing an
-    opening question land on the same side (no question is both trained on and evaluated)."""
+def split_holdout(rows: list[dict], fraction: float, field: str | None = None) -> tuple[list[dict], list[dict]]:
+    """Hold out ~fraction of rows, chosen by a hash of the first user message of `field` (None: 'messages' where a
+    row has them, else 'prompt'), so that rows sharing an opening question land on the same side (no question is
+    both trained on and evaluated)."""
 
-    def bucket(row: dict) -> float:
-        first = next((m for m in row[field] if m["role"] == "user"), row[field][0])
-        text = first["content"].strip().lower()
-        return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 16**8
+    def key(row: dict) -> str:
+        messages = row[field] if field else (row.get("messages") or row["prompt"])
+        first = next((m for m in messages if m["role"] == "user"), messages[0])
+        return first["content"].strip().lower()
 
-    train = [r for r in rows if bucket(r) >= fraction]
-    held = [r for r in rows if bucket(r) < fraction]
-    return train, held
+    share = {k: int(hashlib.sha256(k.encode()).hexdigest()[:8], 16) / 16**8 for k in {key(r) for r in rows}}
+    return [r for r in rows if share[key(r)] >= fraction], [r for r in rows if share[key(r)] < fraction]
 
 
 def load_split(dataset: str, eval_dataset: str | None, recipe_dir: Path, key: str, loader, eval_fraction: float,
@@ -256,7 +264,7 @@ def _read_file(path: Path) -> list[tuple[str, dict]]:
         try:
             rows = pq.read_table(path).to_pylist()
         except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a broken file
-            raise HfpipeError(f"{path}: not a readable parquet file ({str(e).splitlines()[0]})", 2) from None
+            raise HfpipeError(f"{path}: not a readable parquet file ({first_line(e)})", 2) from None
     if not rows:
         raise HfpipeError(f"{path}: dataset is empty", 2)
     return [(f"{path} row {i}", r) for i, r in enumerate(rows, 1)]
@@ -268,8 +276,8 @@ def _read_hub(spec: DatasetSpec, split: str, key: str) -> list[tuple[str, dict]]
     try:
         ds = load_dataset(spec.name, spec.subset, split=split, revision=spec.revision)
     except Exception as e:  # noqa: BLE001 - offline, missing repo, bad split: all one line for the user
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise HfpipeError(f"{key}: Hub dataset '{spec.name}' split '{split}' could not be loaded: {first}", 2) from None
+        raise HfpipeError(f"{key}: Hub dataset '{spec.name}' split '{split}' could not be loaded: {first_line(e)}",
+                          2) from None
     if len(ds) == 0:
         raise HfpipeError(f"{key}: Hub dataset '{spec.name}' split '{split}' is empty", 2)
     return [(f"{spec.name}[{split}] row {i}", r) for i, r in enumerate(ds, 1)]
@@ -316,13 +324,10 @@ def normalize_row(row: dict, kind: Kind, where: str) -> list[dict]:
                 raise HfpipeError(f"{where}: field 'completion' is missing (a prompt-completion row needs both; "
                                   "or give 'messages')", 2)
             row = {"messages": _as_messages(row["prompt"], "user") + _as_messages(row["completion"], "assistant")}
-        messages = _messages(row, "messages", where)
-        if not any(m["role"] == "assistant" for m in messages):
-            raise HfpipeError(f"{where}: field 'messages' has no assistant turn to learn from", 2)
-        return [{"messages": messages}]
+        return [_conversation(row, where)]
     if kind == "prompt":
         if "prompt" in row:
-            prompt = _messages({"prompt": _as_messages(row["prompt"], "user")}, "prompt", where)
+            prompt = check_messages(_as_messages(row["prompt"], "user"), "prompt", where)
         else:
             messages = _messages(row, "messages", where)
             last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
@@ -337,8 +342,9 @@ def normalize_row(row: dict, kind: Kind, where: str) -> list[dict]:
             if f not in row:
                 raise HfpipeError(f"{where}: field '{f}' is missing (an unpaired row needs prompt, completion, label)", 2)
         fixed = {"prompt": _as_messages(row["prompt"], "user"), "completion": _as_messages(row["completion"], "assistant")}
-        out = {"prompt": _messages(fixed, "prompt", where),
-               "completion": _messages(fixed, "completion", where, ("assistant",)), "label": row["label"]}
+        out = {"prompt": check_messages(fixed["prompt"], "prompt", where),
+               "completion": check_messages(fixed["completion"], "completion", where, ("assistant",)),
+               "label": row["label"]}
         return [out]
     # preference (or unpaired built from a pair)
     if "chosen" not in row or "rejected" not in row:
@@ -348,11 +354,9 @@ def normalize_row(row: dict, kind: Kind, where: str) -> list[dict]:
         row = _implicit_prompt(row, where)
     fixed = {"prompt": _as_messages(row["prompt"], "user"), "chosen": _as_messages(row["chosen"], "assistant"),
              "rejected": _as_messages(row["rejected"], "assistant")}
-    prompt = _messages(fixed, "prompt", where)
-    if prompt[-1]["role"] not in ("user", "tool"):
-        raise HfpipeError(f"{where}: field 'prompt' must end with a user turn, not {prompt[-1]['role']!r}", 2)
-    chosen = _messages(fixed, "chosen", where, ("assistant",))
-    rejected = _messages(fixed, "rejected", where, ("assistant",))
+    prompt = check_prompt(fixed["prompt"], where)
+    chosen = check_messages(fixed["chosen"], "chosen", where, ("assistant",))
+    rejected = check_messages(fixed["rejected"], "rejected", where, ("assistant",))
     if kind == "unpaired":
         return [{"prompt": prompt, "completion": chosen, "label": True},
                 {"prompt": prompt, "completion": rejected, "label": False}]
@@ -374,17 +378,14 @@ class Mixture:
     def eval_rows(self) -> list[dict]:
         return [r for rows in self.eval.values() for r in rows]
 
+    def write_report(self, out_dir: Path) -> None:
+        """``out_dir/mixture.json``: the achieved mixture, with each set's provenance."""
+        (out_dir / "mixture.json").write_text(json.dumps(self.report, indent=2) + "\n")
+
     def summary(self) -> dict[str, str]:
         """One short line per set (fits a model-card table cell): achieved share, rows, provenance."""
         return {label: f"{r['share']:.2f} of train ({r['rows_used']} rows, {r['epochs']:.2f}x), {r['kind']}, "
                        f"{r['license']}" for label, r in self.report.items()}
-
-
-def _split_key(row: dict) -> str:
-    """What must not cross the split: the first user turn (any answer to a question stays on one side)."""
-    msgs = row.get("messages") or row.get("prompt") or []
-    first = next((m for m in msgs if m["role"] == "user"), msgs[0] if msgs else {"content": ""})
-    return first["content"].strip().lower()
 
 
 def load_mixture(specs: list[DatasetSpec], kind: Kind, recipe_dir: Path, key: str, seed: int,
@@ -404,10 +405,7 @@ def load_mixture(specs: list[DatasetSpec], kind: Kind, recipe_dir: Path, key: st
         train = normalize_rows(read_spec(spec, recipe_dir, where), kind)
         held_raw = read_spec(spec, recipe_dir, where, held_out=True)
         if held_raw is None:
-            buckets = {k: int(hashlib.sha256(k.encode()).hexdigest()[:8], 16) / 16**8
-                       for k in {_split_key(r) for r in train}}
-            held = [r for r in train if buckets[_split_key(r)] < eval_fraction]
-            train = [r for r in train if buckets[_split_key(r)] >= eval_fraction]
+            train, held = split_holdout(train, eval_fraction)
         else:
             held = normalize_rows(held_raw, kind)
         if not train or not held:
@@ -440,32 +438,33 @@ def load_mixture(specs: list[DatasetSpec], kind: Kind, recipe_dir: Path, key: st
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Chat templates for assistant-only loss
-
-# The per-message line of ChatML templates that mark nothing (SmolLM2's, among others), and its marked replacement.
-_CHATML_LINE = "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
-_CHATML_MARKED = ("{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\n' }}{% generation %}"
-                  "{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}{% else %}"
-                  + _CHATML_LINE + "{% endif %}")
+# A stage's mixture: its `datasets`, or its one `dataset` (+ `eval_dataset`)
 
 
-def training_chat_template(tokenizer, key: str) -> str:
-    """The template with {% generation %} around assistant turns (what TRL's assistant-only loss masks by).
+def dataset_specs(config) -> list[DatasetSpec]:
+    """The mixture a post-training config names: `datasets`, or the single `dataset` (+ `eval_dataset`)."""
+    if config.datasets is not None:
+        return list(config.datasets)
+    as_spec = {"name": config.dataset} if config.dataset.startswith(BUNDLED_PREFIX) else {"path": config.dataset}
+    return [DatasetSpec(**as_spec, eval=config.eval_dataset or HOLDOUT)]
 
-    Kept as is when it has markers; else TRL's own patched copy for the families it knows; else a ChatML template of
-    the plain per-message form (SmolLM2's) gets the markers, rendering the same text. Anything else is one error
-    naming ``key``."""
-    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
-    template = tokenizer.chat_template
-    if template is None:
-        raise HfpipeError(f"{key}: the model's tokenizer has no chat template", 2)
-    if has_generation_markers(template):
-        return template
-    if _CHATML_LINE in template:
-        return template.replace(_CHATML_LINE, _CHATML_MARKED)
-    try:
-        return get_training_chat_template(tokenizer) or template
-    except ValueError:
-        raise HfpipeError(f"{key}: the model's chat template has no {{% generation %}} markers and is not one hfpipe or "
-                          "TRL can patch; add them to the template or set assistant_only_loss: false", 2) from None
+def mixture_files(config, recipe_dir: Path, stage: str) -> list[Path]:
+    """The local files a stage's mixture reads (its input_files, for the fingerprint)."""
+    return [f for i, s in enumerate(dataset_specs(config)) for f in spec_files(s, recipe_dir, f"{stage}.datasets[{i}]")]
+
+
+def mixture_pins(config, recipe_dir: Path, stage: str) -> dict[str, dict]:
+    """For the fingerprint (a TRL stage's ``pins``): every Hub dataset of the mixture by the commit its revision
+    resolves to (hfpipe.models.pin)."""
+    from hfpipe.models import pin
+
+    return {f"{stage}.datasets[{i}]": pin(s.name, recipe_dir, revision=s.revision, repo_type="dataset")
+            for i, s in enumerate(dataset_specs(config)) if s.path is None and not s.is_bundled}
+
+
+def load_stage_mixture(config, stage: str, kind: Kind, recipe_dir: Path, seed: int) -> tuple[Mixture, str]:
+    """The mixture a stage's config names, loaded (load_mixture), and the recipe key its errors name."""
+    key = f"{stage}.datasets" if config.datasets is not None else f"{stage}.dataset"
+    return load_mixture(dataset_specs(config), kind, recipe_dir, key, seed, config.eval_fraction,
+                        config.mixture_rows), key

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hfpipe.tokenizer_build import Doc
+from hfpipe.stages.tokenizer.build import Doc
+from hfpipe.resources import DATASETS, package_file
 
-BUNDLED_HELDOUT = Path(__file__).resolve().parent / "datasets" / "tokenizer_heldout.jsonl"
+BUNDLED_HELDOUT = package_file(DATASETS, "tokenizer_heldout.jsonl")
 METRICS = ("bytes_per_token", "tokens_per_word", "byte_fallback_rate", "unk_rate")
 
 

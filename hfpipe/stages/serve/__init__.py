@@ -1,13 +1,17 @@
 """serve: put the exported model behind an existing inference server, route between its variants, load-test it.
 
+Run just this stage (the stages it reads must be done; add --force serve to redo it):
+
+    hfpipe run recipes/tiny.yaml --only serve
+
 Reads the deploy stage's export. Starts one backend per variant in ``variants`` (``full`` = the export, ``int8``/...
 = ``export/quantized/<scheme>``) with the chosen engine (``transformers serve`` here; ``vllm`` / ``tgi`` on GPU
-machines) on loopback ports, and the hfpipe router in front of them (``hfpipe/serving.py``: routing rule, one JSON line
+machines) on loopback ports, and the hfpipe router in front of them (``hfpipe/stages/serve/router.py``: routing rule, one JSON line
 per decision in ``route.jsonl``, Prometheus ``/metrics``). Then:
 
 1. checks the served model against the card: the export's chat template and end-of-turn token; each variant, asked
    with the end-of-turn token pushed to the top (``logit_bias``), must stop right there with ``finish_reason: stop``;
-2. runs the bounded load test (``hfpipe/loadtest.py``) through the router: p50/p95 latency, requests/s, tokens/s;
+2. runs the bounded load test (``hfpipe/stages/serve/loadtest.py``) through the router: p50/p95 latency, requests/s, tokens/s;
 3. checks the router's split against its rule (weighted rule: every share within ``route.split_tolerance``);
 4. scrapes ``/metrics`` (``metrics.prom``) and checks its request count against the load test's;
 5. stops everything. ``loadtest.json`` and ``serve.json`` (the command lines for transformers, vLLM and TGI) go into
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shlex
 from pathlib import Path
 from typing import Literal
@@ -29,12 +34,14 @@ from pydantic import Field, model_validator
 from hfpipe.errors import HfpipeError
 from hfpipe.stages import StageConfig, resolve_path
 
+OUTPUTS = ()  # what `hfpipe reproduce` compares: these files, and the RESULTS files less their timings
+RESULTS = ("serve.json",)
 READS = ("deploy",)
 CARD = {"name": "Serving: transformers serve (vLLM / TGI on GPUs) behind the hfpipe router, Prometheus metrics, "
                 "bounded load test", "paper": None, "citation": None}
-PACKAGE = Path(__file__).resolve().parent.parent
-HELPER_FILES = (PACKAGE / "serving.py", PACKAGE / "loadtest.py")
 
+
+SERVE, LOADTEST = "serve.json", "loadtest.json"  # command lines and template check; the load test figures
 
 class Route(StageConfig):
     rule: Literal["weighted", "header", "size"] = Field(
@@ -128,15 +135,15 @@ class Config(StageConfig):
 
 
 def input_files(config: Config, recipe_dir: Path) -> list[Path]:
-    from hfpipe.loadtest import DEFAULT_PROMPTS
+    from hfpipe.stages.serve.loadtest import DEFAULT_PROMPTS
 
-    return [*HELPER_FILES, resolve_path(config.loadtest.prompts, recipe_dir) if config.loadtest.prompts
+    return [resolve_path(config.loadtest.prompts, recipe_dir) if config.loadtest.prompts
             else DEFAULT_PROMPTS]
 
 
 def route_rule(config: Config, seed: int, variants: list[str] | None = None):
     """The recipe's routing rule over ``variants`` (all of them by default; one variant = always that one)."""
-    from hfpipe.serving import RouteRule
+    from hfpipe.stages.serve.router import RouteRule
 
     vs = variants or list(config.variants)
     r = config.route
@@ -150,7 +157,7 @@ def route_rule(config: Config, seed: int, variants: list[str] | None = None):
 
 def commands(config: Config, folders: dict[str, Path], name: str) -> dict:
     """Per variant: the command line of each engine (the chosen one runs; the others are for GPU machines)."""
-    from hfpipe.serving import backend_argv, tgi_docker_command
+    from hfpipe.stages.serve.router import backend_argv, tgi_docker_command
 
     out = {}
     for i, (variant, folder) in enumerate(folders.items()):
@@ -164,14 +171,16 @@ def commands(config: Config, folders: dict[str, Path], name: str) -> dict:
 
 def describe(config: Config, recipe) -> dict:
     """For `hfpipe run --dry-run`: the engine, its batching/caching switches and the command lines."""
-    from hfpipe.serving import variant_folder
+    from hfpipe.stages.serve.router import variant_folder
 
-    export = Path("runs") / recipe.name / "deploy-<fingerprint>" / "export"
+    from hfpipe.stages.deploy import EXPORT
+
+    export = Path("runs") / recipe.name / "deploy-<fingerprint>" / EXPORT
     cmds = commands(config, {v: export / variant_folder(v) for v in config.variants}, recipe.name)
-    router = f"hfpipe serve {recipe.path or recipe.name} -> http://{config.host}:{config.port}/v1 (+ /metrics)"
+    front = f"hfpipe serve {recipe.path or recipe.name} -> http://{config.host}:{config.port}/v1 (+ /metrics)"
     return {"engine": {"server": config.engine, "variants": list(config.variants), "route": config.route.rule,
                        "continuous_batching": config.continuous_batching, "prefix_caching": config.prefix_caching,
-                       "router": router,
+                       "router": front,
                        **{f"{variant} ({engine})": cmd for variant, c in cmds.items() for engine, cmd in c.items()}},
             "expected": {"loadtest_requests": config.loadtest.requests,
                          "loadtest_concurrency": config.loadtest.concurrency}}
@@ -190,16 +199,16 @@ def export_checks(export: Path) -> dict:
             "eos_tokens": [tok.convert_ids_to_tokens(i) for i in eos if isinstance(i, int)]}
 
 
-def _eos_probe(backend, card_facts: dict, timeout_s: float) -> dict:
+def _eos_probe(backend, promised: dict, timeout_s: float) -> dict:
     """Ask one backend with the end-of-turn token pushed to the top: it must stop right there (finish_reason stop)."""
     import httpx
 
-    from hfpipe.serving import last_line
+    from hfpipe.stages.serve.router import last_line
 
     try:
         r = httpx.post(f"{backend.url}/v1/chat/completions", timeout=timeout_s, json={
             "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 8, "temperature": 0.0,
-            "logit_bias": {str(card_facts["eos_token_ids"][0]): 100.0}})
+            "logit_bias": {str(promised["eos_token_ids"][0]): 100.0}})
         answer = r.json() if r.status_code == 200 else {}
     except (httpx.HTTPError, ValueError) as e:
         raise HfpipeError(f"serve: the {backend.variant} backend failed a chat request ({type(e).__name__}): "
@@ -210,41 +219,45 @@ def _eos_probe(backend, card_facts: dict, timeout_s: float) -> dict:
            "content": (choice.get("message") or {}).get("content")}
     if got["finish_reason"] != "stop" or got["completion_tokens"] not in (0, 1) or got["content"]:
         raise HfpipeError(f"serve: the {backend.variant} variant did not stop at the end-of-turn token "
-                          f"{card_facts['eos_tokens'][0]!r} (got {got}); check the export's generation_config.json", 1)
+                          f"{promised['eos_tokens'][0]!r} (got {got}); check the export's generation_config.json", 1)
     return got
 
 
 def run(config: Config, inputs, out_dir: Path) -> dict:
     import httpx
 
-    from hfpipe import loadtest, serving
+    from hfpipe.stages.serve import loadtest, router
 
-    export = inputs.upstream["deploy"] / "export"
-    why = serving.engine_available(config.engine)
+    from hfpipe.stages.deploy import EXPORT
+
+    export = inputs.upstream["deploy"] / EXPORT
+    why = router.engine_available(config.engine)
     if why:
         raise HfpipeError(f"serve.engine: {config.engine} cannot start on this machine: {why}; the stage runs the "
                           f"server here (`hfpipe run --dry-run` prints every engine's command line)", 2)
-    folders = serving.variant_dirs(export, config.variants)
+    folders = router.variant_dirs(export, config.variants)
     prompts = inputs.path(config.loadtest.prompts) if config.loadtest.prompts else None
     loadtest.load_prompts(prompts or loadtest.DEFAULT_PROMPTS, 1)  # a bad prompts file fails before any server starts
 
     # ---------------------------------------------------------------- what the card promises: template, end of turn
-    card_facts = export_checks(export)
-    if not card_facts["eos_token_ids"]:
+    promised = export_checks(export)
+    if not promised["eos_token_ids"]:
         raise HfpipeError(f"serve: {export}/generation_config.json has no eos_token_id; re-run deploy", 1)
-    (out_dir / "serve.json").write_text(json.dumps(
-        {"engine": config.engine, "variants": {v: str(p) for v, p in folders.items()},
-         "commands": commands(config, {v: serving.variant_folder(v) for v in config.variants}, inputs.recipe_name),
-         "local_commands": commands(config, folders, inputs.recipe_name), **card_facts}, indent=1))
+    here = {v: Path(os.path.relpath(p, out_dir.parent)) for v, p in folders.items()}  # no machine's absolute path
+    (out_dir / SERVE).write_text(json.dumps(
+        {"engine": config.engine, "variants": {v: str(p) for v, p in here.items()},
+         "commands": commands(config, {v: router.variant_folder(v) for v in config.variants}, inputs.recipe_name),
+         "local_commands": commands(config, here, inputs.recipe_name), "local_paths_relative_to": "the run folder "
+         f"(runs/{inputs.recipe_name}/)", **promised}, indent=1))
 
     rule = route_rule(config, inputs.seed)
-    with serving.Stack(folders, config, out_dir, rule, inputs.recipe_name, host="127.0.0.1",
-                       port=serving.free_port()) as stack:
+    with router.Stack(folders, config, out_dir, rule, inputs.recipe_name, host="127.0.0.1",
+                       port=router.free_port()) as stack:
         # ------------------------------------------------------------ each variant stops at end of turn
         eos = {}
         if config.eos_check:
             for b in stack.backends:
-                eos[b.variant] = _eos_probe(b, card_facts, config.loadtest.request_timeout_s)
+                eos[b.variant] = _eos_probe(b, promised, config.loadtest.request_timeout_s)
 
         # ------------------------------------------------------------ the bounded load test, through the router
         lt = config.loadtest
@@ -252,7 +265,7 @@ def run(config: Config, inputs, out_dir: Path) -> dict:
                                        max_seconds=lt.max_seconds, max_tokens=lt.max_tokens, prompts_file=prompts,
                                        stream=lt.stream, timeout_s=lt.request_timeout_s)
         metrics_text = httpx.get(f"{stack.url}/metrics", timeout=10).text
-        scraped = serving.parse_metrics(metrics_text)
+        scraped = router.parse_metrics(metrics_text)
 
     # ---------------------------------------------------------------- checks: errors, split, metrics agree
     records = result.pop("_records")
@@ -271,7 +284,7 @@ def run(config: Config, inputs, out_dir: Path) -> dict:
                "continuous_batching": config.continuous_batching,
                "metrics": {"requests_200": answered, "completion_tokens": sum(
                    v for k, v in scraped.items() if k.startswith("hfpipe_completion_tokens_total"))}}
-    (out_dir / "loadtest.json").write_text(json.dumps(summary, indent=1))
+    (out_dir / LOADTEST).write_text(json.dumps(summary, indent=1))
     if error_rate > lt.max_error_rate:
         raise HfpipeError(f"serve: {result['errors']} of {result['requests_sent']} load-test requests failed "
                           f"(e.g. {result['error_examples'][:1]}); serve.loadtest.max_error_rate = "
@@ -288,3 +301,42 @@ def run(config: Config, inputs, out_dir: Path) -> dict:
             "requests_per_s": result["requests_per_s"], "completion_tokens_per_s": result["completion_tokens_per_s"],
             "variant_counts": result["variant_counts"],
             **({"split_max_abs_deviation": split["max_abs_deviation"]} if split else {})}
+
+
+def card_facts(folder: Path, stages: dict[str, Path]) -> dict:
+    """For the model card: the load test (loadtest.json) and command lines (serve.json), beside the eval stage's
+    in-process latency at batch size 1."""
+    from hfpipe.card import fmt, read_json
+    from hfpipe.stages.eval.results import read_results
+
+    eval_results = read_results(stages["eval"]) if "eval" in stages else None
+    lt, sv = read_json(folder / LOADTEST), read_json(folder / SERVE)
+    if not isinstance(lt, dict):
+        return {}
+    sv = sv if isinstance(sv, dict) else {}
+    rows = [("requests (ok / sent / planned)", f"{lt.get('requests_ok')} / {lt.get('requests_sent')} / "
+             f"{lt.get('requests_planned')}"), ("concurrency", lt.get("concurrency")),
+            ("max_tokens per request", lt.get("max_tokens")), ("streamed", lt.get("stream")),
+            ("latency p50 (s)", lt.get("latency_p50_s")), ("latency p95 (s)", lt.get("latency_p95_s")),
+            ("time to first token p50 / p95 (s)", f"{fmt(lt['ttft_p50_s'])} / {fmt(lt['ttft_p95_s'])}"
+             if lt.get("ttft_p50_s") is not None else "not streamed"),
+            ("requests/s", lt.get("requests_per_s")), ("generated tokens/s", lt.get("completion_tokens_per_s")),
+            ("errors", lt.get("errors")), ("finish reasons", lt.get("finish_reasons")),
+            ("answers per variant", lt.get("variant_counts")), ("wall (s)", lt.get("wall_s"))]
+    lat = (eval_results or {}).get("latency") if isinstance(eval_results, dict) else None
+    b1 = ((lat or {}).get("batch_sizes") or {}).get("1") if isinstance(lat, dict) else None
+    if isinstance(b1, dict) and b1.get("latency_p50_s") is not None:
+        rows.append((f"eval stage, in-process generate, batch 1, {lat.get('new_tokens')} new tokens: latency p50 / "
+                     f"p95 (s)", f"{fmt(b1['latency_p50_s'])} / {fmt(b1.get('latency_p95_s'))}"))
+    split = lt.get("split") if isinstance(lt.get("split"), dict) else None
+    eos = lt.get("eos_check") if isinstance(lt.get("eos_check"), dict) else {}
+    serving = {"engine": fmt(lt.get("engine") or sv.get("engine") or "?"), "rule": fmt(lt.get("route_rule") or "?"),
+               "variants": [fmt(v) for v in lt.get("variants") or []], "cb": bool(lt.get("continuous_batching")),
+               "rows": [(fmt(k), fmt(v)) for k, v in rows],
+               "split": {k: fmt(split.get(k)) for k in ("expected", "observed", "max_abs_deviation", "tolerance",
+                                                         "within_tolerance", "n")} if split else None,
+               "eos": [(fmt(v), fmt(e.get("finish_reason")), fmt(e.get("completion_tokens"))) for v, e in eos.items()
+                       if isinstance(e, dict)],
+               "eos_tokens": fmt(sv.get("eos_tokens") or ""), "template_sha": fmt(sv.get("chat_template_sha256") or ""),
+               "commands": [(fmt(v), c) for v, c in (sv.get("commands") or {}).items() if isinstance(c, dict)]}
+    return {"card": {"serving": serving}}

@@ -1,7 +1,7 @@
 """Multi-process pretraining: the stage launches ``accelerate launch`` on its own worker entry point.
 
 The runner stays unaware: ``run()`` writes ``worker.json`` (the config and the inputs) into the stage folder, runs
-``python -m accelerate.commands.launch --config_file <recipes/accelerate/...> --num_processes N -m
+``python -m accelerate.commands.launch --config_file <hfpipe/accelerate/...> --num_processes N -m
 hfpipe.stages.pretrain --worker worker.json`` and waits. Every rank trains; rank 0 writes ``worker_result.json``
 (metrics, or the one-line error and exit code), which ``run()`` returns or re-raises. SIGTERM/SIGINT sent to the
 stage are relayed to the launcher, which relays them to the ranks: they checkpoint and stop together.
@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from hfpipe.errors import HfpipeError
+from hfpipe.resources import ACCELERATE, package_file
 from hfpipe.stages import Inputs, resolve_path
 
-ACCELERATE_DIR = Path(__file__).resolve().parents[2] / "recipes" / "accelerate"
+ACCELERATE_DIR = package_file(ACCELERATE)
 SPEC, RESULT = "worker.json", "worker_result.json"
 
 
 def accelerate_config_path(name_or_path: str, recipe_dir: Path) -> Path:
-    """A name under recipes/accelerate/ (``ddp``) or a path (relative to the recipe)."""
+    """A name under hfpipe/accelerate/ (``ddp``) or a path (relative to the recipe)."""
     if "/" not in name_or_path and not name_or_path.endswith((".yaml", ".yml")):
         path = ACCELERATE_DIR / f"{name_or_path}.yaml"
         if not path.is_file():
@@ -44,7 +46,7 @@ def _free_port() -> int:
 
 
 def launch(config, inputs: Inputs, out_dir: Path) -> dict:
-    from hfpipe.stages._pretrain_checkpoint import StopFlag, TrainingInterrupted, complete
+    from hfpipe.stages.pretrain.checkpoint import StopFlag, TrainingInterrupted, complete
 
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = {"config": config.model_dump(mode="json"),
@@ -62,6 +64,8 @@ def launch(config, inputs: Inputs, out_dir: Path) -> dict:
         rc = proc.wait()
     result = json.loads((out_dir / RESULT).read_text()) if (out_dir / RESULT).is_file() else None
     if result and "metrics" in result:
+        for name in (SPEC, RESULT):  # launch plumbing with this machine's paths: not part of the promoted result
+            (out_dir / name).unlink()
         return result["metrics"]
     if result and "error" in result:
         raise HfpipeError(result["error"], result["exit_code"])
@@ -96,3 +100,18 @@ def worker_main(spec_path: str) -> int:
         print(f"hfpipe pretrain worker: {outcome['error']}", file=sys.stderr)
     return rc if rc < 256 else 1
 
+
+def describe_launch(config_name: str, num_processes: int, recipe_dir: Path, module_argv: list[str]) -> dict:
+    """For `hfpipe run --dry-run`: the `accelerate launch` command line and the settings of its config file."""
+    import yaml
+
+    cfg = accelerate_config_path(config_name, recipe_dir)
+    argv = ["python", "-m", "accelerate.commands.launch", "--config_file", str(cfg), "--num_processes",
+            str(num_processes), "--main_process_port", "<free port>", *module_argv]
+    settings = yaml.safe_load(cfg.read_text()) or {}
+    keep = {k: settings[k] for k in ("distributed_type", "mixed_precision", "num_machines") if k in settings}
+    if "fsdp_config" in settings:
+        keep["fsdp"] = {k.removeprefix("fsdp_"): v for k, v in settings["fsdp_config"].items()}
+    if "deepspeed_config" in settings:
+        keep["deepspeed"] = settings["deepspeed_config"]
+    return {"launch": shlex.join(argv), "accelerate_config": str(cfg), "accelerate_settings": keep}

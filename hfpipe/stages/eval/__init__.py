@@ -1,5 +1,9 @@
 """eval: score the upstream model with lm-evaluation-harness (``lm_eval.simple_evaluate``).
 
+Run just this stage (the stages it reads must be done; add --force eval to redo it):
+
+    hfpipe run recipes/tiny.yaml --only eval
+
 Tasks are lm-eval task names: the ones bundled with hfpipe (``hfpipe/tasks/*.yaml``, data shipped in the repo, e.g.
 ``capitals``) and any name from lm-eval's own registry (those download their data from the Hub, so they need a
 network). The model is evaluated in memory (``HFLM(pretrained=<model object>)``); nothing is fetched for it.
@@ -7,10 +11,10 @@ Writes ``out_dir/results.json`` (per task: metrics with stderr, task version, n-
 harness version and the chat template's sha256 when one was applied) and returns ``{"<task>/<metric>": value}``,
 preceded by ``latency/...``, ``cost/...`` and ``regression/...`` figures when those are measured.
 
-Bundled tasks cover general knowledge, coding (unit tests run in hfpipe.sandbox), math, reasoning, multilingual,
+Bundled tasks cover general knowledge, coding (unit tests run in hfpipe.stages.eval.sandbox), math, reasoning, multilingual,
 safety (refusal and over-refusal), jailbreak resistance, tool use, structured output and held-out perplexity /
 bits per byte; see hfpipe/tasks/README.md. Besides the scores, results.json records per task the output type and the
-generation (sampling) settings, and the stage measures latency and cost (hfpipe/eval_latency.py) and, given a
+generation (sampling) settings, and the stage measures latency and cost (hfpipe/stages/eval/latency.py) and, given a
 ``baseline`` card, compares every shared metric with it (hfpipe/compare.py): a drop beyond its threshold fails the
 stage or warns (``on_regression``).
 """
@@ -22,17 +26,21 @@ import hashlib
 import json
 import logging
 import math
+import shlex
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, NonNegativeFloat, PositiveInt
 
 from hfpipe.errors import HfpipeError
+from hfpipe.resources import TASKS, package_file
 from hfpipe.stages import Inputs, StageConfig, resolve_path
 
 log = logging.getLogger("hfpipe")
+OUTPUTS = ()  # what `hfpipe reproduce` compares: these files, and the RESULTS files less their timings
+RESULTS = ("results.json",)
 READS = ("model",)
-TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"  # hfpipe's bundled lm-eval tasks (package data)
+TASKS_DIR = package_file(TASKS)  # hfpipe's bundled lm-eval tasks (package data)
 
 
 class Config(StageConfig):
@@ -58,7 +66,7 @@ class Config(StageConfig):
                                       "(for chat-tuned models)")
     bootstrap_iters: int = Field(1000, ge=0, description="bootstrap resamples for the stderr of non-mean metrics "
                                  "(perplexity, F1); 0 = no stderr for them. Mean metrics use the closed form")
-    # latency and cost (hfpipe/eval_latency.py)
+    # latency and cost (hfpipe/stages/eval/latency.py)
     latency_batch_sizes: list[PositiveInt] = Field([1, 4], description="batch sizes at which prefill/decode "
                                                    "throughput and per-request latency are measured; [] = skip it")
     latency_prompt_tokens: int = Field(64, ge=1, description="prompt length (tokens of held-out prose) per request")
@@ -138,7 +146,7 @@ def _vllm(config: Config, inputs: Inputs):
 
 
 def _latency(config: Config, model, tokenizer) -> dict | None:
-    from hfpipe.eval_latency import measure
+    from hfpipe.stages.eval.latency import measure
 
     if not config.latency_batch_sizes:
         return None
@@ -174,7 +182,7 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     import transformers
     from lm_eval.models.huggingface import HFLM
 
-    from hfpipe.modeling import load_model_and_tokenizer
+    from hfpipe.models import load_model_and_tokenizer
 
     # ---------------------------------------------------------------- tasks and baseline (fail fast, before the model)
     task_manager = _task_manager(config.tasks)
@@ -272,3 +280,31 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
         summary["regression/regressed"] = len(regression["regressed"])
         summary.update({f"regression/delta/{r['metric']}": r["delta"] for r in regression["rows"]})
     return {**summary, **metrics}
+
+
+def describe(c: Config, recipe) -> dict:
+    """For `hfpipe run --dry-run`: the lm-eval model and its arguments, and the equivalent `lm_eval` command line."""
+    backend = getattr(c, "backend", "hf")
+    model_args = {"pretrained": "<upstream model folder>", **dict(getattr(c, "model_args", None) or {})}
+    if c.max_length:
+        model_args["max_length"] = c.max_length
+    argv = ["lm_eval", "--model", backend, "--model_args", ",".join(f"{k}={v}" for k, v in model_args.items()),
+            "--tasks", ",".join(c.tasks), "--batch_size", str(c.batch_size)]
+    if c.num_fewshot is not None:
+        argv += ["--num_fewshot", str(c.num_fewshot)]
+    if c.limit:
+        argv += ["--limit", str(c.limit)]
+    if c.apply_chat_template:
+        argv.append("--apply_chat_template")
+    engine = {"library": "lm_eval.simple_evaluate", "backend": backend,
+              "model": "lm_eval.models.huggingface.HFLM" if backend == "hf" else f"lm-eval '{backend}' model",
+              "model_args": model_args, "equivalent_cli": shlex.join(argv)}
+    return {"engine": engine, "tasks": list(c.tasks),
+            "expected": {"requests_per_task_at_most": c.limit} if c.limit else {}}
+
+
+def card_facts(folder: Path, stages: dict[str, Path]) -> dict:
+    """For the model card: the score table and model-index entries from results.json (see results.py)."""
+    from hfpipe.stages.eval import results
+
+    return results.card_facts(folder, stages)

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from hfpipe.corpus import iter_documents
+from hfpipe.stages.data.corpus import iter_documents
 from hfpipe.errors import HfpipeError
 
 

@@ -1,12 +1,16 @@
 """Tokenizer stage: train a tokenizer on the data stage's documents with HF `tokenizers` (or reuse an existing one) and
 measure it on held-out text against a reference tokenizer.
 
+Run just this stage (the stages it reads must be done; add --force tokenizer to redo it):
+
+    hfpipe run recipes/tiny.yaml --only tokenizer
+
 Every decision is a recipe key: the model (byte-level BPE, or SentencePiece-style Unigram/BPE over Unicode characters
 with optional byte fallback), vocabulary size, digit splitting and whitespace-run tokens for code, the language/domain
 mix of the training sample, special tokens and the chat template. The result is saved as a transformers tokenizer
 (``out_dir/tokenizer/``, loadable with ``AutoTokenizer.from_pretrained`` and no hfpipe) carrying hfpipe's special
 tokens (BOS/document separator, EOS, PAD) and the chat template, so training, evaluation, export and serving all render
-the same text. ``out_dir/report.json`` holds the held-out evaluation (see hfpipe/tokenizer_report.py); the model card
+the same text. ``out_dir/report.json`` holds the held-out evaluation (see hfpipe/stages/tokenizer/report.py); the model card
 shows it as a table.
 """
 
@@ -21,9 +25,11 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from hfpipe.errors import HfpipeError
-from hfpipe.modeling import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, default_chat_template
+from hfpipe.models import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, default_chat_template
 from hfpipe.stages import Inputs, StageConfig
 
+OUTPUTS = ("tokenizer/*",)  # what `hfpipe reproduce` compares: these files, and the RESULTS files less their timings
+RESULTS = ("report.json",)
 READS = ("data",)
 CARD = {"name": "byte-level BPE / Unigram (HF tokenizers)", "paper": "https://arxiv.org/abs/1508.07909",
         "citation": "Sennrich, Haddow, Birch. Neural Machine Translation of Rare Words with Subword Units. ACL 2016.\n"
@@ -110,7 +116,7 @@ class Config(StageConfig):
 
 def input_files(config: Config, recipe_dir: Path) -> list[Path]:
     """The bundled held-out set enters the fingerprint (editing it changes the report)."""
-    from hfpipe.tokenizer_report import BUNDLED_HELDOUT
+    from hfpipe.stages.tokenizer.report import BUNDLED_HELDOUT
 
     return [BUNDLED_HELDOUT] if config.bundled_heldout else []
 
@@ -118,8 +124,8 @@ def input_files(config: Config, recipe_dir: Path) -> list[Path]:
 def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     from transformers import PreTrainedTokenizerFast
 
-    from hfpipe import tokenizer_build as tb
-    from hfpipe import tokenizer_report as tr
+    from hfpipe.stages.tokenizer import build as tb
+    from hfpipe.stages.tokenizer import report as tr
 
     # ---------------------------------------------------------------- documents: held-out split, training mix
     t0, c0 = time.perf_counter(), time.process_time()
@@ -227,3 +233,37 @@ def check(folder: Path) -> None:
     if (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) != (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN):
         raise HfpipeError(f"tokenizer self-check: bos/eos/pad are {tokenizer.bos_token}/{tokenizer.eos_token}/"
                           f"{tokenizer.pad_token}, expected {BOS_TOKEN}/{EOS_TOKEN}/{PAD_TOKEN}", 1)
+
+
+def describe(c: Config, recipe) -> dict:
+    """For `hfpipe run --dry-run`: the tokenizers trainer (or the reused tokenizer) and its settings."""
+    if c.pretrained:
+        return {"engine": {"library": "transformers.AutoTokenizer", "pretrained": c.pretrained,
+                           "gguf_file": c.gguf_file}, "expected": {}}
+    return {"engine": {"library": f"tokenizers.trainers.{'BpeTrainer' if c.model == 'bpe' else 'UnigramTrainer'}",
+                       "pre_tokenizer": c.pre_tokenizer, "vocab_size": c.vocab_size,
+                       "max_training_bytes": c.max_training_bytes},
+            "expected": {"vocab_size": c.vocab_size}}
+
+
+def card_facts(folder: Path, stages: dict[str, Path]) -> dict:
+    """For the model card: the per-group report (report.json) as its own table, so not among the metrics."""
+    from hfpipe.card import read_json
+    from hfpipe.stages.tokenizer.report import card_facts as report_facts
+
+    return {"section": {"tokenizer_report": report_facts(read_json(folder / "report.json"))},
+            "hide_metrics": ("heldout",)}
+
+
+def pins(config: Config, recipe_dir: Path) -> dict[str, dict]:
+    """For the fingerprint: the reused and the reference tokenizer, by content (hfpipe.models.pin)."""
+    from hfpipe.models import pin
+
+    out = {}
+    if config.pretrained:
+        out["tokenizer.pretrained"] = pin(config.pretrained, recipe_dir, gguf_file=config.gguf_file,
+                                          key="tokenizer.pretrained")
+    if config.reference:
+        out["tokenizer.reference"] = pin(config.reference, recipe_dir, gguf_file=config.reference_gguf_file,
+                                         key="tokenizer.reference")
+    return out

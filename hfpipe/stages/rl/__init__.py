@@ -1,27 +1,33 @@
 """rl: RLHF with TRL -- a reward model trained on preference pairs, then GRPO or RLOO on prompts.
 
+Run just this stage (the stages before it done): ``hfpipe run recipes/tiny.yaml --only rl``.
+
 Phase 1 trains a reward model (TRL RewardTrainer: the upstream model with a one-output classification head) on
 chosen/rejected pairs and measures held-out pairwise accuracy before and after; it is saved in
 ``out_dir/reward_model/``. Phase 2 optimises the upstream policy on prompts (TRL GRPOTrainer or RLOOTrainer) against a
-weighted sum of the reward model and/or verifiable rewards (hfpipe/rl_rewards.py: answer correctness, valid JSON,
+weighted sum of the reward model and/or verifiable rewards (hfpipe/stages/rl/rewards.py: answer correctness, valid JSON,
 valid tool call), and measures the mean reward on held-out prompts before and after. The policy is written to
 ``out_dir/model/`` with the tokenizer (and so the chat template) unchanged.
 """
 
 from __future__ import annotations
 
-import math
 import shutil
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from hfpipe import rl_rewards
-from hfpipe.chatdata import load_preferences, load_split, resolve_dataset
-from hfpipe.errors import HfpipeError
+from hfpipe.errors import HfpipeError, first_line
+from hfpipe.posttrain.data import load_preferences, load_split, resolve_dataset
+from hfpipe.posttrain.trainer import card_facts  # noqa: F401 (the stage's card hook: its curves)
+from hfpipe.posttrain.trainer import (check_finite, epochs_key, learning_rate_key, max_steps_key, save_and_check,
+                                      trl_arguments)
 from hfpipe.stages import Inputs, StageConfig
+from hfpipe.stages.rl import rewards
 
+OUTPUTS = ("model/*", "reward_model/*")  # what `hfpipe reproduce` compares: these files, and the RESULTS files less their timings
+RESULTS = ()
 READS = ("model",)
 CARD = {"name": "RLHF: reward model (TRL RewardTrainer) + GRPO / RLOO (TRL)",
         "paper": "https://arxiv.org/abs/2402.03300",
@@ -39,9 +45,9 @@ class RewardModelSettings(StageConfig):
                                      "eval_fraction of `dataset`, grouped by prompt")
     eval_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of `dataset` held out when eval_dataset "
                                  "is null")
-    learning_rate: float = Field(1e-5, gt=0.0, le=1.0, description="peak AdamW learning rate (linear decay)")
-    max_steps: int | None = Field(None, ge=1, description="optimizer steps; null = train num_train_epochs epochs")
-    num_train_epochs: float = Field(1.0, gt=0.0, description="passes over the pairs when max_steps is null")
+    learning_rate: float = learning_rate_key(1e-5)
+    max_steps: int | None = max_steps_key()
+    num_train_epochs: float = epochs_key("pairs")
     per_device_batch_size: int = Field(8, ge=1, description="pairs per forward pass (train and eval)")
     max_length: int = Field(512, ge=8, description="tokens of prompt + answer; longer pairs are dropped (TRL)")
     center_rewards_coefficient: float | None = Field(None, ge=0.0, description="weight of a penalty on mean reward^2 "
@@ -50,13 +56,13 @@ class RewardModelSettings(StageConfig):
 
 class RewardSpec(StageConfig):
     name: str = Field(description="'reward_model' (phase 1's model) or a verifiable reward: exact_answer, "
-                      "answer_similarity, valid_json, valid_tool_call (see hfpipe/rl_rewards.py)")
+                      "answer_similarity, valid_json, valid_tool_call (see hfpipe/stages/rl/rewards.py)")
     weight: float = Field(1.0, description="multiplier in the summed reward (TRL reward_weights)")
 
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        return rl_rewards.check_name(v)
+        return rewards.check_name(v)
 
 
 class Config(StageConfig):
@@ -64,8 +70,8 @@ class Config(StageConfig):
                                                      "null = no reward model (then only verifiable rewards)")
     algorithm: Literal["grpo", "rloo"] = Field("grpo", description="policy optimiser: GRPO (group-normalised "
                                                "advantages) or RLOO (leave-one-out baseline)")
-    dataset: str = Field("hfpipe:rl_prompts.jsonl", description="training prompts (JSONL, see hfpipe/rl_rewards.py): "
-                         "'hfpipe:<file>' for a bundled file, else a path relative to the recipe")
+    dataset: str = Field("hfpipe:rl_prompts.jsonl", description="training prompts (JSONL, see hfpipe/stages/rl/"
+                         "rewards.py): 'hfpipe:<file>' for a bundled file, else a path relative to the recipe")
     eval_dataset: str | None = Field("hfpipe:rl_prompts_eval.jsonl", description="held-out prompts for the mean "
                                      "reward before/after; null = hold out eval_fraction of `dataset`")
     eval_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of `dataset` held out when eval_dataset "
@@ -76,7 +82,7 @@ class Config(StageConfig):
                                     "null = all")
     rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="reward_model")], min_length=1,
                                       description="reward functions and weights, summed per completion")
-    learning_rate: float = Field(1e-6, gt=0.0, le=1.0, description="peak AdamW learning rate (linear decay)")
+    learning_rate: float = learning_rate_key(1e-6)
     max_steps: int = Field(100, ge=1, description="optimizer steps (each samples fresh completions)")
     per_device_batch_size: int = Field(8, ge=2, description="completions per step (= prompts x num_generations)")
     num_generations: int = Field(4, ge=2, description="completions sampled per prompt; advantages compare them")
@@ -91,7 +97,7 @@ class Config(StageConfig):
         if self.per_device_batch_size % self.num_generations:
             raise ValueError(f"per_device_batch_size ({self.per_device_batch_size}) must be a multiple of "
                              f"num_generations ({self.num_generations})")
-        if self.reward_model is None and any(r.name == rl_rewards.REWARD_MODEL for r in self.rewards):
+        if self.reward_model is None and any(r.name == rewards.REWARD_MODEL for r in self.rewards):
             raise ValueError("rewards lists 'reward_model' but reward_model is null")
         return self
 
@@ -106,34 +112,14 @@ def input_files(config: Config, recipe_dir: Path) -> list[Path]:
     return [resolve_dataset(name, recipe_dir, key) for key, name in names]
 
 
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def _model_location(inputs: Inputs) -> tuple[str, dict]:
-    """Where the upstream model lives, and the from_pretrained kwargs (as hfpipe.modeling loads it)."""
-    from hfpipe.modeling import resolve_base_model
-
-    if inputs.model_dir() is not None:
-        return str(inputs.model_dir()), {}
-    ref = inputs.base_model
-    if ref is None:
-        raise HfpipeError("rl needs a model: add a pretrain stage before it or set base_model in the recipe", 2)
-    kwargs = {"revision": ref.revision, "trust_remote_code": ref.trust_remote_code}
-    if ref.gguf_file:
-        kwargs["gguf_file"] = ref.gguf_file
-    return resolve_base_model(ref, inputs), kwargs
-
-
 def train_reward_model(rm: RewardModelSettings, inputs: Inputs, out_dir: Path) -> dict:
     """Phase 1: RewardTrainer on preference pairs; held-out pairwise accuracy before/after; saved to reward_model/."""
     import transformers
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
-    from hfpipe.modeling import default_chat_template
+    from hfpipe.models import load_tokenizer, model_location, save_model
 
     train_rows, eval_rows, train_path, eval_path = load_split(
         rm.dataset, rm.eval_dataset, inputs.recipe_dir, "rl.reward_model", load_preferences, rm.eval_fraction)
@@ -142,28 +128,21 @@ def train_reward_model(rm: RewardModelSettings, inputs: Inputs, out_dir: Path) -
                           f"train / {len(eval_rows)} eval pairs; change rl.reward_model.eval_fraction", 2)
 
     transformers.set_seed(inputs.seed)  # the classification head is freshly initialised
-    where, kwargs = _model_location(inputs)
-    tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-    if tokenizer.chat_template is None:
-        tokenizer.chat_template = default_chat_template()
+    where, kwargs = model_location(inputs, "rl")
+    tokenizer = load_tokenizer(where, **kwargs)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(where, num_labels=1, **kwargs)
     except (OSError, ValueError) as e:
         raise HfpipeError(f"rl: the upstream model ({where}) has no sequence-classification form for a reward "
-                          f"model: {_first_line(e)}", 1) from None
+                          f"model: {first_line(e)}", 1) from None
     work_dir = out_dir / "rm_trainer"
-    args = RewardConfig(
-        output_dir=str(work_dir), report_to="none", save_strategy="no", logging_nan_inf_filter=False,
-        seed=inputs.seed, data_seed=inputs.seed, bf16=False, activation_checkpointing=False,
-        learning_rate=rm.learning_rate, max_steps=rm.max_steps or -1, num_train_epochs=rm.num_train_epochs,
-        per_device_train_batch_size=rm.per_device_batch_size, per_device_eval_batch_size=rm.per_device_batch_size,
-        max_length=rm.max_length, center_rewards_coefficient=rm.center_rewards_coefficient,
-    )
+    args = RewardConfig(**trl_arguments(rm, work_dir, inputs.seed,
+                                        center_rewards_coefficient=rm.center_rewards_coefficient))
     try:
         trainer = RewardTrainer(model=model, args=args, processing_class=tokenizer,
                                 train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows))
     except (RuntimeError, ValueError) as e:
-        raise HfpipeError(f"rl: preparing reward-model pairs {train_path} / {eval_path} failed: {_first_line(e)}",
+        raise HfpipeError(f"rl: preparing reward-model pairs {train_path} / {eval_path} failed: {first_line(e)}",
                           2) from None
     for path, ds in ((train_path, trainer.train_dataset), (eval_path, trainer.eval_dataset)):
         if len(ds) == 0:
@@ -173,19 +152,14 @@ def train_reward_model(rm: RewardModelSettings, inputs: Inputs, out_dir: Path) -
     before = trainer.evaluate()
     train_out = trainer.train()
     after = trainer.evaluate()
-    folder = out_dir / "reward_model"
-    trainer.model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
+    save_model(trainer.model, tokenizer, out_dir / "reward_model")
     shutil.rmtree(work_dir, ignore_errors=True)
     metrics = {"rm_eval_accuracy_before": before["eval_accuracy"], "rm_eval_accuracy_after": after["eval_accuracy"],
                "rm_eval_margin_before": before["eval_margin"], "rm_eval_margin_after": after["eval_margin"],
                "rm_eval_loss_before": before["eval_loss"], "rm_eval_loss_after": after["eval_loss"],
                "rm_train_loss": train_out.training_loss, "rm_train_steps": train_out.global_step,
                "rm_train_pairs": len(trainer.train_dataset), "rm_eval_pairs": len(trainer.eval_dataset)}
-    for name, value in metrics.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise HfpipeError(f"rl: {name} is {value}; lower rl.reward_model.learning_rate (now {rm.learning_rate})",
-                              1)
+    check_finite("rl", metrics, "rl.reward_model.learning_rate", rm.learning_rate)
     return metrics
 
 
@@ -194,52 +168,50 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from hfpipe.modeling import load_model_and_tokenizer, save_model
+    from hfpipe.models import load_model_and_tokenizer
 
-    # ---- data first: bad prompts fail before any training ----
-    train_rows, eval_rows, train_path, eval_path = rl_rewards.load_prompt_split(config, inputs)
+    # ---------------------------------------------------------------- data first: bad prompts fail before any training
+    train_rows, eval_rows, train_path, eval_path = rewards.load_prompt_split(config, inputs)
 
-    # ---- phase 1: reward model on preference pairs ----
+    # ---------------------------------------------------------------- phase 1: reward model on preference pairs
     metrics: dict = {}
     if config.reward_model is not None:
         metrics.update(train_reward_model(config.reward_model, inputs, out_dir))
 
-    # ---- phase 2: the policy, the reward functions and the trainer ----
+    # ---------------------------------------------------------------- phase 2: the policy, the reward functions and the
+    # trainer
     transformers.set_seed(inputs.seed)
     model, tokenizer = load_model_and_tokenizer(inputs)
     template_before = tokenizer.chat_template
     funcs, processing = [], []
     for spec in config.rewards:
-        if spec.name == rl_rewards.REWARD_MODEL:
+        if spec.name == rewards.REWARD_MODEL:
             rm_dir = out_dir / "reward_model"
             funcs.append(AutoModelForSequenceClassification.from_pretrained(rm_dir, num_labels=1).eval())
             processing.append(AutoTokenizer.from_pretrained(rm_dir))
         else:
-            funcs.append(rl_rewards.FUNCTIONS[spec.name][0])
+            funcs.append(rewards.FUNCTIONS[spec.name][0])
             processing.append(None)
     if config.algorithm == "grpo":
         from trl import GRPOConfig as TrainerConfig, GRPOTrainer as Trainer
     else:
         from trl import RLOOConfig as TrainerConfig, RLOOTrainer as Trainer
     work_dir = out_dir / "trainer"
-    args = TrainerConfig(
-        output_dir=str(work_dir), report_to="none", save_strategy="no", logging_steps=1,
-        seed=inputs.seed, data_seed=inputs.seed, bf16=False, activation_checkpointing=False, use_vllm=False,
-        learning_rate=config.learning_rate, max_steps=config.max_steps,
-        per_device_train_batch_size=config.per_device_batch_size,
-        per_device_eval_batch_size=config.per_device_batch_size,
+    args = TrainerConfig(**trl_arguments(
+        config, work_dir, inputs.seed, logging_steps=1, use_vllm=False,
+        logging_nan_inf_filter=True,  # as before: transformers' default for the policy trainer
         num_generations=config.num_generations, max_completion_length=config.max_completion_length,
         temperature=config.temperature, beta=config.beta, num_iterations=config.num_iterations,
-        reward_weights=[r.weight for r in config.rewards],
-    )
+        reward_weights=[r.weight for r in config.rewards]))
     try:
         trainer = Trainer(model=model, reward_funcs=funcs, args=args, processing_class=tokenizer,
                           reward_processing_classes=processing, train_dataset=Dataset.from_list(train_rows),
                           eval_dataset=Dataset.from_list(eval_rows))
     except (RuntimeError, ValueError) as e:
-        raise HfpipeError(f"rl: preparing {config.algorithm} on {train_path} failed: {_first_line(e)}", 2) from None
+        raise HfpipeError(f"rl: preparing {config.algorithm} on {train_path} failed: {first_line(e)}", 2) from None
 
-    # ---- train, with the mean reward on held-out prompts before and after (same sampling seed both times) ----
+    # ---------------------------------------------------------------- train, with the mean reward on held-out prompts
+    # before and after (same sampling seed both times)
     def held_out_reward() -> dict:
         transformers.set_seed(inputs.seed)
         out = trainer.evaluate()
@@ -261,20 +233,25 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
         "train_loss": train_out.training_loss, "train_steps": train_out.global_step,
         "train_prompts": len(train_rows), "eval_prompts": len(eval_rows),
     })
-    for name in ("eval_reward_before", "eval_reward_after", "train_loss"):
-        if not math.isfinite(metrics[name]):
-            raise HfpipeError(f"rl: {name} is {metrics[name]}; lower rl.learning_rate (now {config.learning_rate})", 1)
+    check_finite("rl", {k: metrics[k] for k in ("eval_reward_before", "eval_reward_after", "train_loss")},
+                 "rl.learning_rate", config.learning_rate)
 
-    # ---- save: the policy, with the tokenizer (chat template) exactly as it came ----
-    tokenizer.chat_template = template_before
-    folder = save_model(trainer.model, tokenizer, out_dir / "model")
-    shutil.rmtree(work_dir, ignore_errors=True)  # nothing of the trainer's (pickled args, checkpoints) is kept
-
-    # ---- self-check: policy weights saved with the same chat template; the reward model reads back ----
-    if not list(folder.glob("*.safetensors")):
-        raise HfpipeError(f"rl: {folder} holds no safetensors weights", 1)
-    if AutoTokenizer.from_pretrained(folder).chat_template != template_before:
-        raise HfpipeError(f"rl: the chat template saved in {folder} differs from the input model's", 1)
+    # ---------------------------------------------------------------- save + self-check: the policy with the chat
+    # template exactly as it came; the reward model's weights
+    save_and_check("rl", trainer.model, tokenizer, template_before, out_dir, work_dir)
     if config.reward_model is not None and not list((out_dir / "reward_model").glob("*.safetensors")):
         raise HfpipeError(f"rl: {out_dir / 'reward_model'} holds no safetensors weights", 1)
     return metrics
+
+
+def describe(config: Config, recipe) -> dict:
+    """For `hfpipe run --dry-run`: the policy trainer (and the reward model's), the prompts, the expected steps."""
+    from hfpipe.posttrain.trainer import describe_training
+
+    info = describe_training(config, f"trl.{'GRPOTrainer' if config.algorithm == 'grpo' else 'RLOOTrainer'}",
+                             "completions")
+    if config.reward_model is not None:
+        info["engine"]["reward_model_trainer"] = "trl.RewardTrainer"
+    info["expected"]["completion_tokens_at_most"] = (config.max_steps * config.per_device_batch_size
+                                                     * config.max_completion_length)
+    return info

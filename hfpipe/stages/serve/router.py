@@ -11,7 +11,7 @@ CPU or GPU), ``vllm serve`` or TGI's ``text-generation-launcher`` (GPU). In fron
   histograms, prompt/completion tokens, tokens/s per request, errors by kind, requests in flight, routing decisions;
 - ``GET /v1/models`` (the variants) and ``GET /health`` (every backend healthy).
 
-Numbers (ports, weights, timeouts, batching) come from the recipe's ``serve:`` section (``hfpipe/stages/serve.py``).
+Numbers (ports, weights, timeouts, batching) come from the recipe's ``serve:`` section (``hfpipe/stages/serve/__init__.py``).
 """
 
 from __future__ import annotations
@@ -175,6 +175,7 @@ class Backend:
     port: int
     log: Path
     proc: subprocess.Popen | None = None
+    cwd: Path | None = None  # the engine runs here, its model folder given relative to it (no absolute path in logs)
 
     @property
     def url(self) -> str:
@@ -190,7 +191,7 @@ def start_backends(backends: list[Backend], env_extra: dict[str, str], timeout_s
         b.log.parent.mkdir(parents=True, exist_ok=True)
         with open(b.log, "ab") as log:
             b.proc = subprocess.Popen(_launch_argv(b.argv), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                      stdin=subprocess.DEVNULL, start_new_session=True)
+                                      stdin=subprocess.DEVNULL, start_new_session=True, cwd=b.cwd)
     deadline = time.monotonic() + timeout_s
     pending = list(backends)
     while pending:
@@ -546,9 +547,13 @@ class Stack:
                  port: int):
         self.c, self.rule, self.name, self.host, self.port = c, rule, name, host, port
         self.log_dir = Path(log_dir)
-        self.backends = [Backend(v, [], free_port(), self.log_dir / f"backend-{v}.log") for v in folders]
+        # the engines run in the folder above the variants' folders, which they name relative to it: what they log
+        # (the model path, among others) names no absolute path of this machine
+        here = Path(os.path.commonpath([Path(f).resolve() for f in folders.values()])).parent
+        self.backends = [Backend(v, [], free_port(), self.log_dir / f"backend-{v}.log", cwd=here) for v in folders]
         for b in self.backends:
-            b.argv = backend_argv(c.engine, folders[b.variant], "127.0.0.1", b.port, c, name)
+            b.argv = backend_argv(c.engine, Path(os.path.relpath(Path(folders[b.variant]).resolve(), here)),
+                                  "127.0.0.1", b.port, c, name)
         self.folders = folders
         self.router: RouterServer | None = None
 

@@ -21,29 +21,13 @@ import json
 import re
 from pathlib import Path
 
-from hfpipe.chatdata import load_split, read_jsonl
 from hfpipe.errors import HfpipeError
+from hfpipe.posttrain.data import check_prompt, load_split, read_jsonl
 
 PROMPT_ROLES = ("system", "user", "assistant")
 
 # ----------------------------------------------------------------------------------------------------------------
 # Prompt data
-
-
-def _check_messages(value, where: str) -> list[dict]:
-    if not isinstance(value, list) or not value:
-        raise HfpipeError(f"{where}: field 'prompt' must be a non-empty list of messages", 2)
-    out = []
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
-            raise HfpipeError(f"{where}: field 'prompt[{i}]' must be an object with a string 'content'", 2)
-        if m.get("role") not in PROMPT_ROLES:
-            raise HfpipeError(f"{where}: field 'prompt[{i}].role' is {m.get('role')!r}, expected one of "
-                              f"{PROMPT_ROLES}", 2)
-        out.append({"role": m["role"], "content": m["content"]})
-    if out[-1]["role"] != "user":
-        raise HfpipeError(f"{where}: field 'prompt' must end with a user turn, not {out[-1]['role']!r}", 2)
-    return out
 
 
 def load_prompts(path: Path) -> list[dict]:
@@ -55,8 +39,8 @@ def load_prompts(path: Path) -> list[dict]:
         if "prompt" not in row:
             hint = " (this looks like a preference pair; RL needs prompts only)" if "chosen" in row else ""
             raise HfpipeError(f"{where}: field 'prompt' is missing{hint}", 2)
-        out = {"prompt": _check_messages(row["prompt"], where), "task": str(row.get("task", "")),
-               "answer": "", "json_schema": "", "tools": ""}
+        out = {"prompt": check_prompt(row["prompt"], where, PROMPT_ROLES, empty_assistant_ok=True),
+               "task": str(row.get("task", "")), "answer": "", "json_schema": "", "tools": ""}
         if row.get("answer") is not None:
             if not isinstance(row["answer"], str | int | float) or isinstance(row["answer"], bool):
                 raise HfpipeError(f"{where}: field 'answer' must be a string or a number", 2)

@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 from hfpipe.errors import HfpipeError
-from hfpipe.serving import VARIANT_HEADER, check_url_loopback
+from hfpipe.resources import DATASETS, package_file
+from hfpipe.stages.serve.router import VARIANT_HEADER, check_url_loopback
 
-DEFAULT_PROMPTS = Path(__file__).parent / "datasets" / "sft_chat_eval.jsonl"
+DEFAULT_PROMPTS = package_file(DATASETS, "sft_chat_eval.jsonl")
 
 
 def load_prompts(path: Path, limit: int) -> list[list[dict]]:

@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from hfpipe.errors import HfpipeError
+from hfpipe.errors import HfpipeError, first_line
 
 UNK_TOKEN = "<unk>"  # Metaspace models need one: a character outside the vocabulary (and without byte fallback)
 BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]  # SentencePiece byte-fallback pieces
@@ -44,7 +44,7 @@ class Doc:
 
 def read_docs(stage_dir: Path) -> list[Doc]:
     """Every non-empty document of the data stage with its language/domain metadata ("unknown" when absent)."""
-    from hfpipe.corpus import iter_documents
+    from hfpipe.stages.data.corpus import iter_documents
 
     return [Doc(text, str(meta.get("language") or "unknown"), str(meta.get("domain") or "unknown"),
                 str(meta.get("source") or "")) for text, meta in iter_documents(stage_dir)]
@@ -212,8 +212,8 @@ def finish(tok, config):
 # Reusing an existing tokenizer
 
 def resolve(name: str, recipe_dir: Path, key: str) -> str:
-    """A path, Hub id or ``package:<python package>`` (see hfpipe.modeling) as from_pretrained accepts it."""
-    from hfpipe.modeling import resolve_model_location
+    """A path, Hub id or ``package:<python package>`` (see hfpipe.models) as from_pretrained accepts it."""
+    from hfpipe.models import resolve_model_location
 
     return resolve_model_location(name, recipe_dir, f"tokenizer.{key}")
 
@@ -232,8 +232,7 @@ def load_pretrained(name: str, gguf_file: str | None, recipe_dir: Path, key: str
 
         return AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise HfpipeError(f"tokenizer.{key} '{name}' could not be loaded: {first}", 1) from e
+        raise HfpipeError(f"tokenizer.{key} '{name}' could not be loaded: {first_line(e)}", 1) from e
 
 
 @functools.lru_cache(maxsize=2)

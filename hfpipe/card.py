@@ -279,10 +279,10 @@ def build_card(recipe_name: str, recipe_yaml: str, stages: dict[str, Path], *, p
         raise RuntimeError(f"model card metadata has keys outside the allowlist: {sorted(stray)}")
 
     # ---- body ----
-    from hfpipe.reproduce import deterministic, output_digest
+    from hfpipe.reproduce import output_digest, stage_metrics
 
     digests = {s: d for s in order if s in STAGES and (d := output_digest(stages[s], s))} | dict(outputs or {})
-    figures = {s: deterministic(m["metrics"]) for s, m in manifests.items() if isinstance(m.get("metrics"), dict)}
+    figures = {s: stage_metrics(s, m["metrics"]) for s, m in manifests.items() if isinstance(m.get("metrics"), dict)}
     repro = {"hfpipe_card": 1, "recipe_name": recipe_name, "recipe_yaml": recipe_yaml, "fingerprints": fingerprints,
              "outputs": digests, "metrics": figures}
     # '<' and '>' escaped inside JSON strings, so no recipe text can close the HTML comment early.

@@ -1,4 +1,4 @@
-"""`hfpipe` command line: run, status, gc, card, validate, compare, schema, push, reproduce, serve, loadtest.
+"""`hfpipe` command line: run, status, gc, card, inspect, validate, compare, schema, push, reproduce, serve, loadtest.
 
 Exit codes: 0 ok, 1 a stage failed while running, 2 bad usage or recipe. Errors are one line; --debug shows the
 traceback.
@@ -46,12 +46,23 @@ def cmd_run(args) -> int:
         info = dryrun.describe(recipe, _runs_dir(args))
         print(json.dumps(info, indent=2) if args.json else dryrun.render(info))
         return 0
-    runner.setup_logging()
-    runner.run(recipe, _runs_dir(args), only=args.only, start=args.start, until=args.until, force=args.force or ())
+    console = _console(args)
+    rows = runner.run(recipe, _runs_dir(args), only=args.only, start=args.start, until=args.until,
+                      force=args.force or (), console=console)
     path = write_card(recipe, _runs_dir(args), _cards_dir(args))
-    if path:
-        print(f"model card: {path}")
+    for line in runner.summary_lines(rows, path):
+        console.line(line)
     return 0
+
+
+def _console(args):
+    """The terminal console of a command that runs stages (runner.Console): live lines, library output into each
+    stage's stage.log (shown as well with -v), the ``hfpipe`` logger's warnings on it."""
+    from hfpipe import runner
+
+    console = runner.Console.terminal(verbose=args.verbose)
+    runner.setup_logging(console)
+    return console
 
 
 def cmd_status(args) -> int:
@@ -101,6 +112,34 @@ def cmd_card(args) -> int:
     if path is None:
         raise HfpipeError(f"{args.recipe}: no stage of this recipe has finished yet; run `hfpipe run {args.recipe}` first", 1)
     print(path)
+    return 0
+
+
+# what `hfpipe inspect RECIPE WHAT` shows -> the stage whose `inspect(folder, stages, **options)` shows it
+INSPECT = {"data": "data", "tokens": "tokenizer"}
+
+
+def cmd_inspect(args) -> int:
+    """A sample of a finished stage's output, for a person: the data stage's kept or dropped documents (with why), or
+    documents cut into the tokenizer's tokens."""
+    from hfpipe import runner
+    from hfpipe.recipe import load_recipe
+    from hfpipe.stages import load_module
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    stage = INSPECT[args.what]
+    if args.dropped_by and args.what != "data":
+        raise HfpipeError(f"inspect {args.what}: --dropped-by applies to `inspect RECIPE data` only", 2)
+    if stage not in recipe.stages():
+        raise HfpipeError(f"inspect {args.what}: recipe '{recipe.name}' has no {stage} stage", 2)
+    finished = runner.finished_stages(recipe, _runs_dir(args))
+    if stage not in finished:
+        raise HfpipeError(f"inspect {args.what}: the {stage} stage of '{recipe.name}' has not finished with the current "
+                          f"recipe; run `hfpipe run {args.recipe} --until {stage}` first", 1)
+    options = {"domain": args.domain, "n": args.n, "seed": recipe.seed if args.seed is None else args.seed}
+    options.update({"dropped_by": args.dropped_by} if args.what == "data" else {"color": sys.stdout.isatty()})
+    for line in load_module(stage).inspect(finished[stage], finished, **options):
+        print(line)
     return 0
 
 
@@ -154,7 +193,7 @@ def cmd_reproduce(args) -> int:
 
     report = reproduce(Path(args.card), _runs_dir(args), overrides=args.overrides,
                        recipe_dir=Path(args.recipe_dir) if args.recipe_dir else None,
-                       into=Path(args.into) if args.into else None)
+                       into=Path(args.into) if args.into else None, console=_console(args))
     print(format_report(report))
     return 0 if report["identical"] else 1
 
@@ -228,8 +267,7 @@ def cmd_loadtest(args) -> int:
         return 0 if result["errors"] == 0 and result["requests_ok"] > 0 else 1
     from hfpipe import runner
 
-    runner.setup_logging()
-    runner.run(recipe, _runs_dir(args), only=["serve"], force=["serve"] if args.force else ())
+    runner.run(recipe, _runs_dir(args), only=["serve"], force=["serve"] if args.force else (), console=_console(args))
     path = write_card(recipe, _runs_dir(args), _cards_dir(args))
     from hfpipe.stages.serve import LOADTEST
 
@@ -265,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="validate and plan offline; print each stage's launch "
                    "command, engine settings, expected tokens/steps/checkpoints; run nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: print it as JSON")
+    p.add_argument("-v", "--verbose", action="store_true", help="also show the libraries' output (it always goes "
+                   "to each stage's stage.log)")
     p.set_defaults(func=cmd_run)
     p = with_recipe("status", "per stage: done / stale / pending, fingerprint, folder")
     p.add_argument("--json", action="store_true")
@@ -273,6 +313,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list what would be removed and the space it frees")
     p.set_defaults(func=cmd_gc)
     with_recipe("card", "re-render model_cards/<name>.md from the finished run").set_defaults(func=cmd_card)
+    p = sub.add_parser("inspect", help="a sample of a finished stage's output: the data stage's documents, kept or "
+                       "dropped with the step and reason (data), or cut into tokens (tokens)")
+    p.add_argument("recipe", help="recipe YAML file")
+    p.add_argument("what", choices=sorted(INSPECT), help="data: documents of the data stage; tokens: documents "
+                   "tokenized by the tokenizer stage, token boundaries marked")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides (the run they name must have finished)")
+    p.add_argument("--domain", default=None, help="only documents of this domain (metadata.domain)")
+    p.add_argument("--dropped-by", default=None, metavar="STEP", help="documents this step dropped, with the reason "
+                   "(a chain step such as gopher_quality, or dedup_exact / dedup_minhash)")
+    p.add_argument("-n", type=int, default=3, help="how many documents (default 3)")
+    p.add_argument("--seed", type=int, default=None, help="of the sample (default: the recipe's seed)")
+    p.set_defaults(func=cmd_inspect)
     with_recipe("validate", "check the recipe without running anything").set_defaults(func=cmd_validate)
     p = sub.add_parser("compare", help="evaluation scores of two model cards side by side")
     p.add_argument("card_a", help="model card written by hfpipe (.md, or the folder with its README.md)")
@@ -292,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: recipes/ beside the card's model_cards/ folder, else the card's folder)")
     p.add_argument("--into", default=None, metavar="DIR", help="run into this folder, reusing the stages a previous "
                    "reproduce finished there (default: a new runs/reproduce/<name>-<time>/)")
+    p.add_argument("-v", "--verbose", action="store_true", help="also show the libraries' output")
     p.set_defaults(func=cmd_reproduce)
     p = with_recipe("serve", "serve the finished export: the recipe's engine per variant behind the hfpipe router "
                     "(OpenAI-compatible /v1, Prometheus /metrics); runs until Ctrl-C")
@@ -307,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default=None, help="loopback base URL of a running server (http://127.0.0.1:8000); "
                    "prints the figures, writes nothing")
     p.add_argument("--force", action="store_true", help="re-run the serve stage even if it is done")
+    p.add_argument("-v", "--verbose", action="store_true", help="also show the libraries' output")
     p.set_defaults(func=cmd_loadtest)
     p = sub.add_parser("schema", help="JSON schema of the recipe (all sections, or one)")
     p.add_argument("stage", nargs="?")
@@ -322,11 +376,23 @@ def _on_sigterm(signum, frame):
     raise _Terminated()
 
 
+def _default_sigterm_in_child() -> None:
+    """A process forked from the CLI (datatrove's local workers, its extraction subprocesses) dies of SIGTERM as
+    multiprocessing expects when it terminates a pool: raising _Terminated there instead ran the worker's exit
+    handlers, which waited forever on the pool's manager, and `hfpipe run` hung at the end of a data pass."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
     import signal
 
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    if not getattr(main, "_fork_hook", False):  # once per process (main() may be called again in one)
+        os.register_at_fork(after_in_child=_default_sigterm_in_child)
+        main._fork_hook = True
     try:
         return args.func(args)
     except HfpipeError as e:

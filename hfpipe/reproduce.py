@@ -26,13 +26,21 @@ TIMING = re.compile(r"(^|[_/.])(wall|time|times|seconds|elapsed|duration|latency
                     r"cost|started_at|timestamp|rss|memory|ttft)([_/.]|$)", re.I)
 
 
-def deterministic(obj):
-    """``obj`` (JSON) without its timing figures (keys matched by TIMING, at any depth)."""
+def deterministic(obj, also: tuple[str, ...] = ()):
+    """``obj`` (JSON) without its timing figures (keys matched by TIMING, at any depth) and the keys ``also``."""
     if isinstance(obj, dict):
-        return {k: deterministic(v) for k, v in obj.items() if not TIMING.search(str(k))}
+        return {k: deterministic(v, also) for k, v in obj.items() if not TIMING.search(str(k)) and k not in also}
     if isinstance(obj, list):
-        return [deterministic(v) for v in obj]
+        return [deterministic(v, also) for v in obj]
     return obj
+
+
+def stage_metrics(stage: str, metrics: dict) -> dict:
+    """What of a stage's metrics must come out the same: all but timings and its ``NOT_COMPARED`` keys."""
+    from hfpipe.stages import STAGES, load_module
+
+    also = tuple(getattr(load_module(stage), "NOT_COMPARED", ())) if stage in STAGES else ()
+    return deterministic(metrics, also)
 
 
 def _hash_safetensors(path: Path, h) -> None:
@@ -167,9 +175,9 @@ def load_card_recipe(card: Path, overrides=(), recipe_dir: Path | None = None):
 
 
 def reproduce(card: Path, runs_base: Path | None = None, *, overrides=(), recipe_dir: Path | None = None,
-              into: Path | None = None) -> dict:
+              into: Path | None = None, console=None) -> dict:
     """Run the card's recipe into ``<runs_base>/reproduce/<name>-<time>/`` (or ``into``, where stages a previous
-    reproduce finished are reused) and compare it with the card."""
+    reproduce finished are reused) and compare it with the card; ``console`` draws the stages (runner.run)."""
     from hfpipe import runner
     from hfpipe.stages import read_manifest
 
@@ -179,12 +187,12 @@ def reproduce(card: Path, runs_base: Path | None = None, *, overrides=(), recipe
     n = 1
     while fresh.exists() and not into:
         fresh, n = fresh.with_name(f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
-    runner.run(recipe, fresh)
+    runner.run(recipe, fresh, console=console)
     run = {}
     for p in runner.plan(recipe, fresh):
         if p.done:
             run[p.name] = {"fingerprint": p.fingerprint, "outputs": output_digest(p.folder, p.name),
-                           "metrics": deterministic((read_manifest(p.folder) or {}).get("metrics") or {})}
+                           "metrics": stage_metrics(p.name, (read_manifest(p.folder) or {}).get("metrics") or {})}
     report = compare(block, run)
     report.update(card=str(card), runs_dir=str(fresh))
     return report

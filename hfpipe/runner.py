@@ -1,4 +1,5 @@
-"""The runner: knows only the stage protocol — order, fingerprints, skip, atomic completion, logs, one lock.
+"""The runner: knows only the stage protocol — order, fingerprints, skip, atomic completion, logs, one lock, and the
+console that shows a run (one live line per stage, the libraries' output into its stage.log, a summary table).
 
 A stage's fingerprint is the sha256 of the canonical JSON of what went in: its resolved config, the global seed,
 the fingerprints of the stages it reads, the content hash of the files it reads, the base model it starts from,
@@ -20,8 +21,10 @@ import platform
 import re
 import shutil
 import sys
+import threading
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -29,7 +32,7 @@ from pathlib import Path
 import hfpipe
 from hfpipe.errors import HfpipeError, first_line
 from hfpipe.resources import cache_dir, package_dir
-from hfpipe.stages import MODEL_STAGES, STAGES, Inputs, load_module, read_manifest
+from hfpipe.stages import MODEL_STAGES, STAGES, Inputs, Reporter, load_module, read_manifest, reporting
 
 log = logging.getLogger("hfpipe")
 
@@ -79,6 +82,23 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
+# Protocol functions that say what a stage does or did (dry run, card, pins, the console's headline, `hfpipe
+# inspect`) but take no part in what it produces: what they import is not code the stage runs.
+NOT_RESULT = ("describe", "card_facts", "pins", "headline", "inspect")
+
+
+def _result_nodes(tree):
+    """Every node of a module's syntax tree except the bodies of its top-level NOT_RESULT functions."""
+    import ast
+
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(c for c in ast.iter_child_nodes(node)
+                     if not (node is tree and isinstance(c, ast.FunctionDef) and c.name in NOT_RESULT))
+
+
 @functools.lru_cache(maxsize=None)
 def _scan(path: Path) -> tuple[frozenset[str], frozenset[Path], frozenset[str]]:
     """(hfpipe modules a source file imports, with their parent packages since importing ``hfpipe.a.b`` runs
@@ -92,7 +112,7 @@ def _scan(path: Path) -> tuple[frozenset[str], frozenset[Path], frozenset[str]]:
     data: set[Path] = set()
     package = ".".join(("hfpipe", *path.relative_to(_PACKAGE_DIR).with_suffix("").parts))
     package = package.removesuffix(".__init__") if path.name == "__init__.py" else package.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_bytes(), str(path))):
+    for node in _result_nodes(ast.parse(path.read_bytes(), str(path))):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -458,7 +478,7 @@ def _check_metrics(stage: str, metrics) -> dict:
     return metrics
 
 
-def _run_stage(p: StagePlan, recipe, plans: dict[str, StagePlan]) -> dict:
+def _run_stage(p: StagePlan, recipe, plans: dict[str, StagePlan], console) -> dict:
     partial = p.folder.parent / f".{p.folder.name}.partial"
     if partial.exists() and not getattr(p.module, "RESUMABLE", False):
         shutil.rmtree(partial)
@@ -467,22 +487,27 @@ def _run_stage(p: StagePlan, recipe, plans: dict[str, StagePlan]) -> dict:
     inputs = Inputs(recipe_name=recipe.name, seed=recipe.seed, recipe_dir=recipe.recipe_dir, upstream=upstream,
                     manifests={s: read_manifest(f) for s, f in upstream.items()}, model_stage=p.model_stage,
                     base_model=recipe.base_model, fingerprint=p.fingerprint, recipe_yaml=recipe.to_yaml())
-    handler = logging.FileHandler(partial / "stage.log")
+    stage_log = partial / "stage.log"
+    handler = logging.FileHandler(stage_log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     root_logger = logging.getLogger()
     root_logger.addHandler(handler)
     started = time.time()
-    try:
-        metrics = _check_metrics(p.name, p.module.run(p.config, inputs, partial))
+    try:  # the libraries' output (fd 1/2, loguru, tqdm, subprocesses) goes to stage.log; progress to the live line
+        with console.capture(stage_log), reporting(console):
+            metrics = _check_metrics(p.name, p.module.run(p.config, inputs, partial))
     except HfpipeError as e:
-        log.error("stage %s failed: %s", p.name, e)
+        with stage_log.open("a") as f:
+            f.write(f"stage {p.name} failed: {e}\n")
         raise HfpipeError(f"stage {p.name}: {e}", e.exit_code) from e
     except Exception as e:  # a library failed: full traceback into the stage log, one line for the user
-        (partial / "stage.log").open("a").write(traceback.format_exc())
-        raise HfpipeError(f"stage {p.name} failed: {type(e).__name__}: {first_line(e, empty='')} (traceback in {partial / 'stage.log'})") from e
+        stage_log.open("a").write(traceback.format_exc())
+        raise HfpipeError(f"stage {p.name} failed: {type(e).__name__}: {first_line(e, empty='')} "
+                          f"(traceback in {stage_log})") from e
     finally:
         root_logger.removeHandler(handler)
         handler.close()
+    _portable_log(stage_log, partial, p.folder.parent)
     wall = time.time() - started
     manifest = {
         "stage": p.name,
@@ -511,8 +536,38 @@ def _run_stage(p: StagePlan, recipe, plans: dict[str, StagePlan]) -> dict:
     return manifest
 
 
-def run(recipe, runs_dir: Path, only=None, start=None, until=None, force=()) -> list[dict]:
-    """Run the recipe: skip finished stages, run the rest in order. Returns one row per stage of the recipe."""
+def _portable_log(log: Path, stage_folder: Path, run_folder: Path) -> None:
+    """A finished stage's stage.log without this machine's paths, like every file promoted with it: what the
+    libraries printed names the stage folder as ".", the run folder as ".." and the home folder as "~"."""
+    try:
+        text = log.read_bytes()
+    except OSError:
+        return
+    for path, short in ((stage_folder, "."), (run_folder, ".."), (Path.home(), "~")):
+        for form in sorted({str(path.absolute()), str(path.resolve())}, key=len, reverse=True):
+            text = text.replace(form.encode() + b"/", short.encode() + b"/")
+            if path != Path.home():  # "/root" alone may begin another name ("/rootfs")
+                text = text.replace(form.encode(), short.encode())
+    log.write_bytes(text)
+
+
+def headline(module, metrics: dict | None) -> str:
+    """The stage's one figure for the console and the summary (its module's ``headline(metrics)``; "" without one,
+    or when the metrics lack what it reads)."""
+    fn = getattr(module, "headline", None)
+    if fn is None or not metrics:
+        return ""
+    try:
+        return str(fn(metrics))
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return ""
+
+
+def run(recipe, runs_dir: Path, only=None, start=None, until=None, force=(), console=None) -> list[dict]:
+    """Run the recipe: skip finished stages, run the rest in order. Returns one row per stage of the recipe:
+    stage, action (ran / skipped / not selected), path, and for finished stages wall_s and headline. ``console``
+    (Console, below) draws each running stage; by default plain lines on stderr, output not captured."""
+    console = console if console is not None else Console()
     plans = {p.name: p for p in plan(recipe, runs_dir)}
     names = list(plans)
     selected = _select(names, only, start, until)
@@ -521,25 +576,40 @@ def run(recipe, runs_dir: Path, only=None, start=None, until=None, force=()) -> 
         raise HfpipeError(f"--force {s}: not a stage of this recipe (it has: {', '.join(names)})", 2)
     rows = []
     with RunLock(run_root(recipe, runs_dir)):
+        # every stage that will run checks what it can before the first one starts (trackers installed, pass-through
+        # arguments known to the library): a typo fails in seconds, not after hours of earlier stages
+        for name in selected:
+            p = plans[name]
+            if (not p.done or name in force) and hasattr(p.module, "preflight"):
+                p.module.preflight(p.config, recipe.recipe_dir)
         for i, name in enumerate(names, 1):
             p = plans[name]
             tag = f"[{i}/{len(names)}] {name}"
-            if name not in selected:
-                rows.append({"stage": name, "action": "not selected", "path": str(p.folder)})
-                continue
-            if p.done and name not in force:
-                log.info("%s: up to date (%s) - skipped", tag, p.fingerprint[:12])
-                rows.append({"stage": name, "action": "skipped", "path": str(p.folder)})
+            if name not in selected or (p.done and name not in force):
+                action = "not selected" if name not in selected else "skipped"
+                log.debug("%s: %s (%s)", tag, action, p.fingerprint[:12])
+                m = read_manifest(p.folder) if p.done else None
+                rows.append({"stage": name, "action": action, "path": str(p.folder),
+                             "wall_s": m.get("wall_s") if m else None,
+                             "headline": headline(p.module, m.get("metrics")) if m else ""})
                 continue
             missing = [s for s in p.upstream if not plans[s].done]
             if missing:
                 raise HfpipeError(f"stage {name} reads {', '.join(missing)}, which has not finished with the current "
                                   f"recipe; run without --only/--from first", 2)
             why = "forced" if name in force else stale_reason(p)
-            log.info("%s: running (%s; %s) -> %s", tag, p.fingerprint[:12], why, p.folder)
-            manifest = _run_stage(p, recipe, plans)
-            log.info("%s: done in %.1fs", tag, manifest["wall_s"])
-            rows.append({"stage": name, "action": "ran", "wall_s": manifest["wall_s"], "path": str(p.folder)})
+            console.start(tag, p.fingerprint, why, p.folder)
+            t0 = time.time()
+            try:
+                manifest = _run_stage(p, recipe, plans, console)
+            except BaseException as e:  # the error itself is the CLI's one line
+                partial = p.folder.parent / f".{p.folder.name}.partial"
+                console.failed(tag, time.time() - t0, partial / "stage.log", stopped=not isinstance(e, Exception))
+                raise
+            line = headline(p.module, manifest["metrics"])
+            console.done(tag, manifest["wall_s"], line, p.folder, why)
+            rows.append({"stage": name, "action": "ran", "wall_s": manifest["wall_s"], "path": str(p.folder),
+                         "headline": line})
     return rows
 
 
@@ -548,9 +618,288 @@ def finished_stages(recipe, runs_dir: Path) -> dict[str, Path]:
     return {p.name: p.folder for p in plan(recipe, runs_dir) if p.done}
 
 
-def setup_logging(verbose: bool = True) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("hfpipe | %(message)s"))
+def setup_logging(console=None) -> None:
+    """The ``hfpipe`` logger on ``console`` (Console, below; default: plain lines on stderr)."""
+    handler = ConsoleHandler(console if console is not None else Console())
+    handler.setFormatter(logging.Formatter("%(message)s"))
     log.handlers[:] = [handler]
-    log.setLevel(logging.INFO if verbose else logging.WARNING)
+    log.setLevel(logging.INFO)
     log.propagate = True
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The console: what `hfpipe run` shows. While a stage runs, file descriptors 1 and 2 point at
+# ``<stage folder>/stage.log`` (``Console.capture``): whatever datatrove (loguru), transformers, TRL, lm-eval,
+# accelerate or uvicorn print or log, and every subprocess the stage starts, lands there. hfpipe's own lines go to a
+# copy of the terminal's stderr taken before any capture:
+#
+# - on a terminal, one line per stage, redrawn in place: the stage, what it is doing (``hfpipe.stages.progress``) and,
+#   for work of a known size, a bar with the rate and the time left (tqdm's ``format_meter``; tqdm comes with
+#   transformers, datatrove and lm-eval); then ``done in``, the stage's headline figure and its folder;
+# - elsewhere (a pipe, a CI log), a ``running`` and a ``done`` line per stage and, for long stages, a progress line
+#   every ``heartbeat_s`` seconds;
+# - at the end, the summary table (``summary_lines``).
+#
+# ``verbose`` (``hfpipe run -v``) also shows every line written to stage.log, above the live line. hfpipe's own
+# warnings (the ``hfpipe`` logger, WARNING and above) are shown either way; its errors are the CLI's one line.
+
+PREFIX = "hfpipe | "
+_BAR = "{desc}{percentage:3.0f}% {bar:20} {n_fmt}/{total_fmt}{unit} · {rate_noinv_fmt} · {remaining} left"
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+class Console(Reporter):
+    """hfpipe's lines on ``stream``. ``live``: redraw the running stage's line in place (a terminal); ``capture``:
+    send fd 1/2 into the stage's log while it runs (the CLI; in-process callers such as tests leave them alone)."""
+
+    def __init__(self, stream=None, *, live: bool = False, capture: bool = False, verbose: bool = False,
+                 heartbeat_s: float = 60.0, refresh_s: float = 0.2):
+        self.stream = stream if stream is not None else sys.stderr
+        self.live, self.capturing, self.verbose = live, capture, verbose
+        self.heartbeat_s, self.refresh_s = heartbeat_s, refresh_s
+        self._lock = threading.RLock()
+        self._stage: _StageLine | None = None
+        self._drawn = False  # a live line is on the screen, unfinished
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    @classmethod
+    def terminal(cls, verbose: bool = False) -> "Console":
+        """The CLI's console: a duplicate of stderr (it stays the terminal while a stage's fd 2 points at its log),
+        live when that is a terminal."""
+        try:
+            stream = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1, encoding="utf-8", errors="replace")
+        except (OSError, ValueError, AttributeError):  # a stderr without a file descriptor (in-process callers)
+            return cls(sys.stderr, verbose=verbose)
+        live = stream.isatty() and os.environ.get("TERM") != "dumb"
+        return cls(stream, live=live, capture=True, verbose=verbose)
+
+    @property
+    def in_stage(self) -> bool:
+        return self._stage is not None
+
+    # ------------------------------------------------------------------------------------------------------------
+    # lines
+
+    def line(self, text: str) -> None:
+        """A finished line, above the live one (which is drawn again below it)."""
+        with self._lock:
+            self._clear()
+            self.stream.write(text + "\n")
+            self._redraw()
+            self.stream.flush()
+
+    def _clear(self) -> None:
+        if self._drawn:
+            self.stream.write("\r\x1b[K")
+            self._drawn = False
+
+    def _redraw(self) -> None:
+        if self.live and self._stage is not None:
+            self.stream.write("\r" + self._fit(self._stage.render()) + "\x1b[K")
+            self._drawn = True
+
+    def _fit(self, text: str) -> str:
+        try:
+            width = os.get_terminal_size(self.stream.fileno()).columns or 120  # 0: a terminal that sets no size
+        except (OSError, ValueError, AttributeError):
+            width = 120
+        return text if len(text) < width else text[: max(width - 2, 10)] + "…"
+
+    # ------------------------------------------------------------------------------------------------------------
+    # a stage
+
+    def start(self, tag: str, fingerprint: str, why: str, folder: Path) -> None:
+        with self._lock:
+            self._stage = _StageLine(tag, why)
+            if not self.live:
+                self.line(f"{PREFIX}{tag}: running ({fingerprint[:12]}; {why}) -> {folder}")
+            else:
+                self._redraw()
+                self.stream.flush()
+        self._stop.clear()
+        self._ticker = threading.Thread(target=self._tick, name="hfpipe-console", daemon=True)
+        self._ticker.start()
+
+    def _tick(self) -> None:
+        """Keeps the live line's clock moving while the stage is busy in a library; off a terminal, a progress line
+        every heartbeat_s seconds."""
+        last = time.monotonic()
+        while not self._stop.wait(self.refresh_s if self.live else 1.0):
+            with self._lock:
+                if self._stage is None:
+                    return
+                if self.live:
+                    self._redraw()
+                    self.stream.flush()
+                elif time.monotonic() - last >= self.heartbeat_s:
+                    last = time.monotonic()
+                    self.line(self._stage.render())
+
+    def update(self, description, total, advance, completed, unit) -> None:  # hfpipe.stages.progress()
+        stage = self._stage
+        if stage is not None:
+            with self._lock:
+                stage.update(description, total, advance, completed, unit)
+
+    def _finish(self, text: str) -> None:
+        self._stop.set()
+        if self._ticker is not None and self._ticker is not threading.current_thread():
+            self._ticker.join()
+        with self._lock:
+            self._stage = None
+            self.line(text)
+
+    def done(self, tag: str, wall_s: float, headline: str, folder: Path, why: str) -> None:
+        parts = [f"{PREFIX}{tag}: done in {wall_s:.1f}s", headline, str(folder)]
+        reran = f" ({why})" if self.live and why not in ("never run",) else ""
+        self._finish(" · ".join(p for p in parts if p) + reran)
+
+    def failed(self, tag: str, wall_s: float, log_path: Path, stopped: bool = False) -> None:
+        self._finish(f"{PREFIX}{tag}: {'stopped' if stopped else 'failed'} after {wall_s:.1f}s (log: {log_path})")
+
+    # ------------------------------------------------------------------------------------------------------------
+    # the libraries' output -> the stage's log
+
+    @contextmanager
+    def capture(self, log_path: Path):
+        """fd 1 and 2 (this process's and every child's) append to ``log_path`` inside the block; with ``verbose``
+        its lines are shown as well. Nothing happens unless the console was made with ``capture=True``."""
+        if not self.capturing:
+            yield
+            return
+        for s in (sys.stdout, sys.stderr):
+            s.flush()
+        saved = os.dup(1), os.dup(2)
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        tail = _Tail(log_path, self) if self.verbose else None
+        try:
+            yield
+        finally:
+            for s in (sys.stdout, sys.stderr):
+                try:
+                    s.flush()
+                except (OSError, ValueError):
+                    pass
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            if tail is not None:
+                tail.stop()
+
+
+class _StageLine:
+    """What the live line of one stage says: its tag, and the piece of work it reports (description, done/total)."""
+
+    def __init__(self, tag: str, why: str):
+        self.tag, self.description = tag, f"running ({why})"
+        self.total: float | None = None
+        self.n = self.initial = 0.0
+        self.unit = ""
+        self.since = time.monotonic()
+
+    def update(self, description, total, advance, completed, unit) -> None:
+        if description is not None:
+            self.description, self.total, self.unit = description, total, unit or ""
+            self.n = self.initial = completed or 0
+            self.since = time.monotonic()
+        elif completed is not None:
+            self.n = completed
+        if advance:
+            self.n += advance
+
+    def render(self) -> str:
+        from tqdm import tqdm
+
+        elapsed = time.monotonic() - self.since
+        head = f"{PREFIX}{self.tag}: {self.description} "
+        unit = f" {self.unit}" if self.unit else ""
+        if self.total:
+            n = min(self.n, self.total)
+            return tqdm.format_meter(n, self.total, elapsed, prefix=head, unit=unit, bar_format=_BAR,
+                                     initial=self.initial)
+        clock = tqdm.format_interval(elapsed)
+        if self.n:
+            rate = (self.n - self.initial) / elapsed if elapsed > 0 else 0
+            return f"{head}{self.n:,.0f}{unit} · {rate:.2f}{unit}/s · {clock}"
+        return f"{head}· {clock}"
+
+
+class _Tail:
+    """``hfpipe run -v``: a thread copying the lines appended to a stage's log onto the console."""
+
+    def __init__(self, path: Path, console: Console):
+        self.path, self.console = path, console
+        self.offset = path.stat().st_size if path.exists() else 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hfpipe-log-tail", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        pending = b""
+        while True:
+            stopping = self._stop.wait(0.2)
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+            self.offset += len(data)
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                text = _ANSI.sub("", raw.decode("utf-8", "replace")).split("\r")[-1].rstrip()
+                if text:
+                    self.console.line(text)
+            if stopping:
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class ConsoleHandler(logging.Handler):
+    """The ``hfpipe`` logger on the console. Inside a stage its records go to stage.log (the root logger's file
+    handler the runner adds); only warnings and errors are also shown, and with -v nothing here (the log is shown)."""
+
+    def __init__(self, console: Console):
+        super().__init__(logging.INFO)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.console.in_stage and (self.console.verbose or record.levelno < logging.WARNING):
+            return
+        try:
+            text = self.format(record)
+        except Exception:  # noqa: BLE001 - logging must never fail the run
+            self.handleError(record)
+            return
+        warning = "warning: " if record.levelno >= logging.WARNING else ""
+        self.console.line(f"{PREFIX}{warning}{text}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the summary table
+
+
+def summary_lines(rows: list[dict], card: Path | None) -> list[str]:
+    """The run's summary: per stage, what happened (ran / skipped / not selected), its wall time, its headline
+    figure and its folder; then the card."""
+    table = [("stage", "result", "wall", "headline", "folder")]
+    for r in rows:
+        wall = r.get("wall_s")
+        if isinstance(wall, (int, float)):
+            wall = f"{wall:.1f}s" if r["action"] == "ran" else f"({wall:.1f}s)"
+        else:
+            wall = "-"
+        table.append((r["stage"], r["action"], wall, r.get("headline") or "-", r.get("path", "")))
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    out = ["  ".join([*(c.ljust(w) if i != 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))), row[4]])
+           for row in table]
+    if any(r["action"] != "ran" and isinstance(r.get("wall_s"), (int, float)) for r in rows):
+        out.append("() = the wall time of the earlier run whose result this one reuses (same fingerprint)")
+    out.append(f"model card: {card}" if card else "model card: none (no stage has finished)")
+    return out

@@ -80,3 +80,15 @@ def make_inputs(tmp_path):
                       model_stage=model_stage, base_model=base_model, fingerprint="0" * 64)
 
     return _make
+
+
+def deploy_variant(model_dir: Path, out: Path, scheme: str, **config) -> Path:
+    """The deploy stage's real output for ``model_dir`` with one quantized variant (``scheme``): export/ and
+    export/quantized/<scheme>/ in ``out`` (shared by the serve tests, CPU int8 and GPU bnb_int8)."""
+    from hfpipe.stages import Inputs, deploy
+
+    inputs = Inputs(recipe_name="test", seed=0, recipe_dir=REPO / "recipes", upstream={"pretrain": model_dir.parent},
+                    model_stage="pretrain", fingerprint="0" * 64,
+                    recipe_yaml=f"name: test\nseed: 0\npretrain: {{max_steps: 2}}\ndeploy: {{quantize: [{scheme}]}}\n")
+    deploy.run(deploy.Config(quantize=[scheme], **config), inputs, out)
+    return out

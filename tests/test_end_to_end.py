@@ -1,5 +1,7 @@
 """The tiny recipe end to end through the CLI: raw text -> model card, then the cached re-run and selective re-runs.
 
+The first run is in a pseudo-terminal, as `make run` is in a person's terminal: what it shows is checked line by line.
+
     python -m pytest tests/test_end_to_end.py -v
 """
 
@@ -16,25 +18,66 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "recipes" / "tiny.yaml"
+ORDER = ["data", "tokenizer", "pretrain", "sft", "preference", "rl", "eval", "deploy", "serve"]
+sys.path.insert(0, str(Path(__file__).parent))
+from terminal import run_in_pty, screen_lines  # noqa: E402 (tests/terminal.py)
+
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+
+
+def cli(*args, work: Path) -> list[str]:
+    return [sys.executable, "-m", "hfpipe.cli", "--runs-dir", str(work / "runs"), "--cards-dir", str(work / "cards"),
+            *args]
 
 
 def hfpipe(*args, work: Path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    cmd = [sys.executable, "-m", "hfpipe.cli", "--runs-dir", str(work / "runs"), "--cards-dir", str(work / "cards"), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=work, env=env)
+    return subprocess.run(cli(*args, work=work), capture_output=True, text=True, cwd=work, env=ENV)
 
 
 def ran(result) -> list[str]:
-    return re.findall(r"\] (\w+): running", result.stderr)
+    """The stages the run's summary table says ran, in order."""
+    return re.findall(r"^(\w+) +ran +", result.stderr, re.M)
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+    """`hfpipe run recipes/tiny.yaml` from scratch in a pseudo-terminal (res.stderr: what the terminal shows)."""
     work = tmp_path_factory.mktemp("e2e")
     t0 = time.time()
-    res = hfpipe("run", str(TINY), work=work)
+    res = run_in_pty(cli("run", str(TINY), work=work), cwd=work, env=ENV)
     assert res.returncode == 0, res.stderr[-3000:]
     return work, res, time.time() - t0
+
+
+# what hfpipe itself shows: its stage lines, and the summary table (header, one row per stage, footnote, card)
+STAGE = "|".join(ORDER)
+PERSON_LINE = re.compile(rf"^(hfpipe \| \[\d/9\] ({STAGE}): (done in |running \()"
+                         rf"|stage +result +wall +headline +folder$|({STAGE}) +(ran|skipped|not selected) +"
+                         r"|\(\) = |model card: )")
+# what the libraries print: loguru's and logging's level columns, warnings, tracebacks, progress bars, pip
+LIBRARY_LINE = re.compile(r"\| (DEBUG|INFO|SUCCESS|WARNING|ERROR) +\||(INFO|WARNING|ERROR)[: ]|[Ww]arning|Traceback|"
+                          r"it/s\]|examples/s|\d+%\|")
+
+
+def test_the_terminal_shows_at_most_60_lines_all_for_a_person(tiny_run):
+    """What `make run` shows after setup: one line per stage (its live line, finished: done in, headline, folder),
+    the summary table and the card; no line from datatrove, transformers, TRL, lm-eval, accelerate or uvicorn."""
+    work, res, _ = tiny_run
+    lines = screen_lines(res.transcript)
+    assert len(lines) <= 60, "\n".join(lines)
+    assert [line for line in lines if not PERSON_LINE.match(line)] == [], "\n".join(lines)
+    assert [line for line in lines if LIBRARY_LINE.search(line)] == [], "\n".join(lines)
+    done = [line for line in lines if ": done in " in line]
+    assert [re.search(r"\] (\w+): done", line).group(1) for line in done] == ORDER
+    for line in done:  # the headline figure, and the stage folder
+        stage = re.search(r"\] (\w+): done", line).group(1)
+        assert re.search(rf" · \S.* · {re.escape(str(work / 'runs' / 'tiny'))}/{stage}-[0-9a-f]{{12}}", line), line
+    assert lines[-1] == f"model card: {work / 'cards' / 'tiny.md'}"
+    # the libraries' output went to each stage's log instead
+    logs = {s: next((work / "runs" / "tiny").glob(f"{s}-*/stage.log")).read_text(errors="replace") for s in ORDER}
+    assert "Launching pipeline for rank=0" in logs["data"]  # datatrove (loguru)
+    assert "Running loglikelihood requests" in logs["eval"]  # lm-eval's progress bars
+    assert "'pin_memory' argument is set as true" not in "".join(logs.values())  # fixed where hfpipe passes it
 
 
 def test_tiny_recipe_runs_every_stage_and_writes_a_card(tiny_run):
@@ -62,6 +105,16 @@ def test_rerun_skips_everything_and_status_is_done(tiny_run):
     wall = time.time() - t0
     assert res.returncode == 0, res.stderr[-2000:]
     assert ran(res) == [] and res.stderr.count("skipped") == 9
+    # the summary table and nothing else: header, one row per stage with its headline, footnote, the card
+    lines = (res.stdout + res.stderr).splitlines()
+    assert re.match(r"stage +result +wall +headline +folder$", lines[0]), lines
+    assert [line.split()[:2] for line in lines[1:10]] == [[s, "skipped"] for s in ORDER], lines
+    assert all(re.search(r" \(\d+\.\ds\) +\S", line) for line in lines[1:10]), lines  # the earlier run's wall
+    assert lines[10].startswith("() = ") and lines[11] == f"model card: {work / 'cards' / 'tiny.md'}"
+    assert len(lines) == 12
+    assert "val_loss" in lines[3] and "docs kept" in lines[1] and "tasks scored" in lines[7]
+    in_pty = run_in_pty(cli("run", str(TINY), work=work), cwd=work, env=ENV)  # the same on a terminal
+    assert in_pty.returncode == 0 and screen_lines(in_pty.transcript) == lines
     status = json.loads(hfpipe("status", str(TINY), "--json", work=work).stdout)
     assert [s["status"] for s in status] == ["done"] * 9
     print(f"cached re-run: {wall:.1f}s")
@@ -79,7 +132,6 @@ CODE_EDITS = [
     ("stages/rl/rewards.py", "rl"),  # the reward functions
     ("stages/deploy/gguf.py", "deploy"),  # the GGUF writer
 ]
-ORDER = ["data", "tokenizer", "pretrain", "sft", "preference", "rl", "eval", "deploy", "serve"]
 
 
 def test_an_edit_to_the_code_a_stage_runs_makes_it_and_later_stages_stale(tiny_run, tmp_path):
@@ -199,6 +251,43 @@ def test_card_has_the_load_test_beside_the_eval_latency(tiny_run):
     tokenizer = json.loads(next((work / "runs" / "tiny").glob("tokenizer-*/manifest.json")).read_text())
     assert served["chat_template_sha256"] == tokenizer["metrics"]["chat_template_sha256"]  # the card's template
     assert served["eos_tokens"][0] == "<|im_end|>"
+
+
+def test_card_eval_table_names_the_capability_area_of_every_task(tiny_run):
+    """Every task of the tiny recipe's eval stage has its area (knowledge, reasoning, ...) and says what it measures."""
+    import yaml
+
+    from hfpipe.stages.eval.areas import AREAS
+
+    work, _, _ = tiny_run
+    card = (work / "cards" / "tiny.md").read_text()
+    header = "| area | task | metric | value | ± stderr | samples | task version | what the task measures |"
+    table = card.split("## Evaluation", 1)[1].split(header + "\n|---", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in table]
+    assert rows and all(len(r) == 8 for r in rows), table
+    tasks = yaml.safe_load(TINY.read_text())["eval"]["tasks"]
+    assert {r[1] for r in rows} == set(tasks)
+    assert all(r[0] in AREAS for r in rows), [r[:2] for r in rows]
+    first = {r[1]: r for r in reversed(rows)}  # each task's first row says what it measures
+    assert all(len(first[t][7]) > 15 for t in tasks), {t: first[t][7] for t in tasks}
+    assert set(AREAS) <= {r[0] for r in rows}  # the tiny recipe covers every area
+    areas = [AREAS.index(r[0]) for r in rows]
+    assert areas == sorted(areas)  # grouped by area
+
+
+def test_inspect_the_tiny_runs_dropped_documents_and_tokens(tiny_run):
+    work, _, _ = tiny_run
+    res = hfpipe("inspect", str(TINY), "data", "--dropped-by", "gopher_quality", "-n", "2", work=work)
+    assert res.returncode == 0, res.stderr
+    assert re.findall(r"^\[\d/2\] dropped by gopher_quality: (gopher_\w+)$", res.stdout, re.M)
+    assert len(re.findall(r"^\[\d/2\] ", res.stdout, re.M)) == 2
+    res = hfpipe("inspect", str(TINY), "tokens", "-n", "1", "--domain", "code", work=work)
+    assert res.returncode == 0, res.stderr
+    head = re.search(r"^\[1/1\] python-stdlib · domain code · language python · (\d+) characters -> (\d+) tokens",
+                     res.stdout, re.M)
+    assert head and int(head.group(2)) > 10, res.stdout
+    marked = [line[4:] for line in res.stdout.splitlines() if line.startswith("    ")]
+    assert sum(line.count("|") for line in marked) >= int(head.group(2)) // 2  # boundaries between the tokens
 
 
 def test_serve_command_serves_until_sigterm(tiny_run):

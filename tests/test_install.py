@@ -26,6 +26,8 @@ SHORT = ["pretrain.max_steps=12", "pretrain.warmup_steps=2", "pretrain.eval_inte
          "eval.tasks=[capitals,coding,heldout_prose]", "eval.limit=2", "eval.latency_batch_sizes=[1]",
          "eval.latency_repeats=1", "deploy.parity_max_tokens=256", "deploy.parity_task_limit=4",
          "serve.loadtest.requests=4", "serve.route.split_tolerance=0.8"]
+TRAINING = ("pretrain", "sft", "preference", "rl")
+TRACKED = [f"{stage}.report_to=[tensorboard]" for stage in TRAINING]  # every training stage logs its curves
 
 
 @pytest.fixture(scope="module")
@@ -81,12 +83,15 @@ def test_dry_run_with_an_accelerate_config_from_the_wheel(installed):
 
 def test_tiny_recipe_runs_every_stage_from_the_wheel(installed):
     bin_dir, work = installed
-    res = hfpipe(bin_dir, work, "run", "recipes/tiny.yaml", *SHORT)
+    res = hfpipe(bin_dir, work, "run", "recipes/tiny.yaml", *SHORT, *TRACKED)
     assert res.returncode == 0, res.stderr[-3000:]
-    status = hfpipe(bin_dir, work, "status", "recipes/tiny.yaml", *SHORT)
+    status = hfpipe(bin_dir, work, "status", "recipes/tiny.yaml", *SHORT, *TRACKED)
     assert status.returncode == 0 and status.stdout.count("done") == 9, status.stdout
     assert list((work / "runs" / "tiny").glob("deploy-*/export/model.safetensors"))
     assert (work / "cards" / "tiny.md").is_file()
+    for stage in TRAINING:  # report_to: [tensorboard] left event files in each training stage's folder
+        events = list((work / "runs" / "tiny").glob(f"{stage}-*/trackers/**/events.out.tfevents.*"))
+        assert events and all(e.stat().st_size > 0 for e in events), stage
 
 
 @pytest.mark.slow

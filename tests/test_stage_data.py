@@ -118,6 +118,48 @@ def test_low_quality_prose_dropped_with_reason(tiny_run):
     assert stats["domains"]["prose"]["docs_out"] < stats["domains"]["prose"]["docs_in"]
 
 
+def _jsonl_gz(files) -> list[dict]:
+    return [json.loads(line) for f in sorted(files) for line in gzip.open(f, "rt", encoding="utf-8")]
+
+
+def test_dropped_documents_are_kept_with_their_reason(tiny_run, make_inputs, tmp_path):
+    """Every filter keeps what it drops (datatrove's exclusion_writer) in dropped/<step>/<domain>/, with
+    metadata.filter_reason; dedup drops in dropped/dedup_exact/. Keeping them changes nothing that is kept: without
+    them (keep_dropped: false) the shards and stats.json are byte-identical."""
+    out, metrics, docs = tiny_run
+    gopher = _jsonl_gz((out / "dropped" / "gopher_quality" / "prose").glob("*.jsonl.gz"))
+    reasons = {k.removeprefix("docs_dropped_"): v for k, v in metrics.items() if k.startswith("docs_dropped_gopher")}
+    assert len(gopher) == sum(reasons.values()) >= 1
+    assert {d["metadata"]["filter_reason"] for d in gopher} == set(reasons)
+    assert "moby-dick/contents.txt" in {d["id"] for d in gopher}  # the table of contents, as above
+    assert all(d["metadata"]["domain"] == "prose" and d["text"] for d in gopher)
+    dups = _jsonl_gz((out / "dropped" / "dedup_exact").glob("*.jsonl.gz"))
+    assert len(dups) == metrics["docs_dropped_duplicate"] and {d["text"] for d in dups} <= {d["text"] for d in docs}
+    for f in (out / "dropped").rglob("*"):  # gzip without a timestamp, no plain leftovers
+        assert f.is_dir() or (f.name.endswith(".jsonl.gz") and f.read_bytes()[4:8] == b"\0\0\0\0"), f
+    plain = tmp_path / "without_dropped"
+    data.run(data.Config(sources=SOURCES, keep_dropped=False), make_inputs(recipe_dir=RECIPES), plain)
+    assert not (plain / "dropped").exists()
+    assert sorted(p.name for p in (plain / "data").iterdir()) == sorted(p.name for p in (out / "data").iterdir())
+    for f in [*(out / "data").iterdir(), out / "stats.json"]:
+        assert f.read_bytes() == (plain / f.relative_to(out)).read_bytes(), f.name
+
+
+def test_dropped_writer_appends_when_a_routed_filter_reopens_it(tmp_path):
+    """A filter routed to one domain (ForDomain) runs once per stretch of that domain's documents, entering and
+    leaving its exclusion writer each time: the second stretch must not truncate the first one's file."""
+    from datatrove.data import Document
+
+    from hfpipe.stages.data.mixture import DroppedWriter
+
+    writer = DroppedWriter(str(tmp_path / "dropped"))
+    for text in ("first stretch", "second stretch"):
+        with writer as w:
+            w.write(Document(text=text, id=text, metadata={"filter_reason": "r"}), rank=0)
+    assert [json.loads(line)["text"] for line in (tmp_path / "dropped" / "00000.jsonl").read_text().splitlines()] == \
+        ["first stretch", "second stretch"]
+
+
 def test_python_code_kept(tiny_run):
     out, metrics, docs = tiny_run
     code = {d["metadata"]["path"]: d["text"] for d in docs if d["metadata"]["domain"] == "code"}

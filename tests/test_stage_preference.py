@@ -49,7 +49,7 @@ def test_dpo_raises_heldout_margin_and_accuracy(tiny_model_dir, make_inputs, tmp
     assert metrics["train_steps"] == 40 and metrics["eval_pairs"] >= 30  # pairs whose answers fit max_length
     assert set(metrics["mixture"]) == {"safety_pairs", "structured_pairs"}
     json.dumps(metrics)
-    assert all(str(p.relative_to(tmp_path)).startswith("model") or p.name == "mixture.json"
+    assert all(str(p.relative_to(tmp_path)).startswith("model") or p.name in ("mixture.json", "trainer_config.json")
                for p in tmp_path.rglob("*"))
     out = tmp_path / "model"
     assert (out / "chat_template.jinja").read_bytes() == (tiny_model_dir / "chat_template.jinja").read_bytes()

@@ -100,7 +100,8 @@ def test_grpo_raises_heldout_reward_and_reward_model_beats_chance(tiny_model_dir
     assert metrics["train_steps"] == 30 and metrics["eval_prompts"] == 16 and metrics["algorithm"] == "grpo"
     assert all(math.isfinite(v) for v in metrics.values() if isinstance(v, float))
 
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "reward_model"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "reward_model", "reward_model_trainer_config.json",
+                                                          "trainer_config.json"]
     out = tmp_path / "model"
     assert (out / "chat_template.jinja").read_bytes() == (tiny_model_dir / "chat_template.jinja").read_bytes()
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -119,7 +120,7 @@ def test_rloo_with_verifiable_rewards_only(tiny_model_dir, make_inputs, tmp_path
     metrics = rl.run(config, inputs, tmp_path)
     assert metrics["algorithm"] == "rloo" and metrics["train_steps"] == 2 and "rm_eval_accuracy_after" not in metrics
     assert {"eval_reward_valid_json_before", "eval_reward_valid_tool_call_after"} <= set(metrics)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "trainer_config.json"]
 
 
 GOOD_PAIR = {"prompt": [{"role": "user", "content": "What is 2 + 2?"}],

@@ -14,9 +14,10 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from conftest import deploy_variant
 from hfpipe.stages.serve import router as serving
 from hfpipe.errors import HfpipeError
-from hfpipe.stages import Inputs, deploy, serve
+from hfpipe.stages import Inputs, serve
 
 REPO = Path(__file__).resolve().parent.parent
 QUESTIONS = ["What is AI?", "Tell me a joke.", "Who are you?", "What is the capital of France?", "Hello!",
@@ -26,13 +27,8 @@ QUESTIONS = ["What is AI?", "Tell me a joke.", "Who are you?", "What is the capi
 @pytest.fixture(scope="module")
 def deploy_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """The deploy stage's real output on the tiny model: export/ and export/quantized/int8/."""
-    out = tmp_path_factory.mktemp("deploy")
-    inputs = Inputs(recipe_name="test", seed=0, recipe_dir=REPO / "recipes", upstream={"pretrain": tiny_model_dir.parent},
-                    model_stage="pretrain", fingerprint="0" * 64,
-                    recipe_yaml="name: test\nseed: 0\npretrain: {max_steps: 2}\ndeploy: {quantize: [int8]}\n")
-    deploy.run(deploy.Config(quantize=["int8"], parity_max_tokens=256, parity_task_limit=8, latency_repeats=1),
-               inputs, out)
-    return out
+    return deploy_variant(tiny_model_dir, tmp_path_factory.mktemp("deploy"), "int8", parity_max_tokens=256,
+                          parity_task_limit=8, latency_repeats=1)
 
 
 def _inputs(deploy_dir: Path) -> Inputs:

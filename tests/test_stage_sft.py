@@ -46,8 +46,10 @@ def test_sft_lowers_heldout_assistant_loss(tiny_model_dir, make_inputs, tmp_path
     assert metrics["eval_loss_after"] < metrics["eval_loss_before"] - 0.3, metrics
     assert metrics["train_steps"] == FAST["max_steps"] and metrics["eval_conversations"] > 100
     json.dumps(metrics)
-    # the output is the model + tokenizer and the mixture report: no trainer folder, pickled args or checkpoints
-    assert all(f.startswith("model") or f == "mixture.json" for f in _files(tmp_path)), _files(tmp_path)
+    # the output is the model + tokenizer, the mixture report and the resolved TRL arguments: no trainer folder,
+    # pickled args or checkpoints
+    assert all(f.startswith("model") or f in ("mixture.json", "trainer_config.json") for f in _files(tmp_path)), \
+        _files(tmp_path)
     assert not list(tmp_path.rglob("training_args.bin")) and not list(tmp_path.rglob("checkpoint-*"))
     # the chat template travels byte for byte
     out = tmp_path / "model"
@@ -197,3 +199,68 @@ def test_smollm2_posttrain_recipe_runs_and_moves_its_targets(tmp_path):
     assert m_pref["eval_margin_after"] > 0 and m_pref["eval_accuracy_after"] > 0.5, m_pref
     card = (tmp_path / "cards" / "smollm2-135m-posttrain.md").read_text()
     assert "synthetic" in card and "BSD-3-Clause" in card
+
+
+# ------------------------------------------------------------------------------------------------ the job keys
+def test_trainer_pass_through_reaches_trl_and_the_job_keys_are_recorded(tiny_model_dir, make_inputs, tmp_path):
+    """`sft.trainer` goes to SFTConfig as it is; the resolved arguments are written beside the model."""
+    inputs = make_inputs(upstream={"pretrain": tiny_model_dir.parent}, model_stage="pretrain")
+    config = sft.Config(**{**FAST, "max_steps": 2}, trainer={"neftune_noise_alpha": 5, "lr_scheduler_type": "cosine"})
+    metrics = sft.run(config, inputs, tmp_path)
+    resolved = json.loads((tmp_path / "trainer_config.json").read_text())
+    assert resolved["class"] == "trl.SFTConfig" and resolved["neftune_noise_alpha"] == 5
+    assert resolved["lr_scheduler_type"] == "cosine" and resolved["learning_rate"] == FAST["learning_rate"]
+    assert resolved["bf16"] is False and metrics["precision"] == "fp32"  # auto on a CPU
+    assert "output_dir" not in resolved and str(tmp_path) not in (tmp_path / "trainer_config.json").read_text()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("sft.trainer.lr_sheduler=cosine", "sft.trainer.lr_sheduler: not an argument of trl.SFTConfig; did you mean "
+                                       "'lr_scheduler_type'?"),
+    ("sft.trainer.output_dir=x", "sft.trainer.output_dir: hfpipe sets SFTConfig.output_dir itself; use the stage "
+                                 "folder"),
+    ("sft.trainer.max_length=64", "sft.trainer.max_length: hfpipe sets SFTConfig.max_length itself; use "
+                                  "sft.max_length instead"),
+    ("preference.trainer.seed=3", "preference.trainer.seed: hfpipe sets DPOConfig.seed itself; use the recipe's "
+                                  "top-level seed"),
+    ("rl.trainer.num_generation=8", "rl.trainer.num_generation: not an argument of trl.GRPOConfig; did you mean "
+                                    "'num_generations'?"),
+])
+def test_a_bad_trainer_key_stops_the_run_before_any_stage(override, message, tmp_path):
+    """Checked against the TRL config class before the first stage starts: nothing runs, one line, exit 2."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "hfpipe.cli", "--runs-dir", str(tmp_path / "runs"), "run",
+                          str(REPO / "recipes" / "tiny.yaml"), override], capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith(f"hfpipe: error: {message}"), \
+        res.stderr[-2000:]
+    assert not [p for p in (tmp_path / "runs" / "tiny").glob("*") if not p.name.startswith(".")]  # nothing ran
+
+
+def test_a_nan_loss_stops_sft_at_that_step(tiny_model_dir, make_inputs, tmp_path, monkeypatch):
+    """Weights that turn NaN at the third training forward pass (a diverged run) stop the stage at optimizer step 3,
+    naming the step: the callback, not a check after training."""
+    import torch
+
+    from hfpipe import models
+
+    load, calls = models.load_model_and_tokenizer, {"train": 0}
+
+    def poison(module, args):
+        if module.training:
+            calls["train"] += 1
+            if calls["train"] == 3:
+                with torch.no_grad():
+                    module.model.norm.weight.fill_(float("nan"))
+
+    def load_poisoned(*args, **kwargs):
+        model, tokenizer = load(*args, **kwargs)
+        model.register_forward_pre_hook(poison)
+        return model, tokenizer
+
+    monkeypatch.setattr(models, "load_model_and_tokenizer", load_poisoned)
+    inputs = make_inputs(upstream={"pretrain": tiny_model_dir.parent}, model_stage="pretrain")
+    with pytest.raises(HfpipeError, match=r"^sft: loss is nan at step 3; training stopped there") as e:
+        sft.run(sft.Config(**FAST), inputs, tmp_path)
+    assert e.value.exit_code == 1 and calls["train"] == 3 and len(str(e.value).splitlines()) == 1

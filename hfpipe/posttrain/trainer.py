@@ -3,16 +3,19 @@ every TRL config gets, the check for a diverged run, the save-and-check tail and
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import shutil
 from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic.fields import FieldInfo
 
-from hfpipe.errors import HfpipeError
+from hfpipe.errors import HfpipeError, first_line
 from hfpipe.posttrain.data import DatasetSpec
-from hfpipe.stages import StageConfig
+from hfpipe.stages import StageConfig, Tracker
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Recipe keys. A key's wording or default may differ per stage (the rows it counts, the bundled files); its meaning
@@ -89,19 +92,160 @@ def training_keys(base: type[StageConfig], lr: float, *, over: str, batch: Field
 # Training
 
 
-def trl_arguments(c, work_dir: Path, seed: int, **stage_args) -> dict:
+def job_keys(base: type[StageConfig]) -> type[StageConfig]:
+    """``base`` + the keys that shape a TRL stage's job rather than its objective: precision, gradient
+    checkpointing, experiment trackers, and ``trainer``, any other argument of the stage's TRL config class."""
+
+    class JobKeys(base):
+        precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+            "auto", description="auto = bf16 where the device supports it (a CUDA GPU with bf16), else fp32; the "
+            "card records what was used")
+        gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less "
+                                             "memory for about a third more compute")
+        report_to: list[Tracker] = Field([], description="experiment trackers (installed) the trainer logs to, run "
+                                         "name <recipe>-<stage>; tensorboard writes into <stage folder>/trackers")
+        trainer: dict[str, Any] = Field(default_factory=dict, description="more arguments of the stage's TRL config "
+                                        "class (SFTConfig, DPOConfig, ..., e.g. lr_scheduler_type, warmup_ratio, "
+                                        "neftune_noise_alpha, loss_type), passed as they are; checked against the "
+                                        "class's fields before the run starts")
+
+    return JobKeys
+
+
+# TRL arguments hfpipe sets from elsewhere: a `trainer:` key naming one of them is refused, pointing there. Every
+# field of the stage's own section (beta, max_length, num_generations, ...) is refused the same way, pointing to it.
+MANAGED = {"output_dir": "the stage folder (hfpipe chooses it: --runs-dir)", "logging_dir": "report_to",
+           "seed": "the recipe's top-level seed", "data_seed": "the recipe's top-level seed", "run_name": "report_to",
+           "bf16": "precision", "fp16": "precision", "activation_checkpointing": "gradient_checkpointing",
+           "per_device_train_batch_size": "per_device_batch_size",
+           "per_device_eval_batch_size": "per_device_batch_size", "logging_nan_inf_filter": "(hfpipe stops a run at "
+           "the first non-finite loss or grad norm: the filter must stay off)"}
+
+
+def check_trainer_args(stage: str, config_class: type, c) -> None:
+    """Every ``<stage>.trainer`` key names a field of ``config_class`` that hfpipe does not set itself: else one line,
+    exit 2, with the closest field name or the recipe key to use instead. Before anything runs (the runner's
+    preflight)."""
+    import dataclasses
+    import difflib
+
+    fields = {f.name for f in dataclasses.fields(config_class) if f.init}
+    for key in c.trainer:
+        where = f"{stage}.trainer.{key}"
+        if key in MANAGED or key in type(c).model_fields:
+            use = MANAGED.get(key, key)
+            use = use if use.startswith(("the ", "(")) else f"{stage}.{use}"
+            raise HfpipeError(f"{where}: hfpipe sets {config_class.__name__}.{key} itself; use {use} instead", 2)
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise HfpipeError(f"{where}: not an argument of trl.{config_class.__name__}{hint}", 2)
+
+
+def resolve_precision(precision: str) -> str:
+    """auto -> bf16 on a CUDA device that supports it, else fp32."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def trl_arguments(c, work_dir: Path, seed: int, *, job=None, run_name: str = "", **stage_args) -> dict:
     """The keyword arguments of every TRL config a stage builds (SFT, DPO/KTO/ORPO, Reward, GRPO/RLOO) from its
-    section ``c``: the trainer keeps nothing (no report, no checkpoint; it works in ``work_dir``, which the stage
-    removes), one seed for the weights and the data order, fp32, NaN/inf losses logged as they are (so that
-    check_finite sees them), no activation checkpointing; the learning rate, steps and batch size, and the epochs,
-    gradient accumulation and max_length where the section has them. ``stage_args`` add to these or replace them."""
-    args = dict(output_dir=str(work_dir), report_to="none", save_strategy="no", logging_nan_inf_filter=False,
-                seed=seed, data_seed=seed, bf16=False, activation_checkpointing=False,
+    section ``c``: the trainer keeps nothing (no checkpoint; it works in ``work_dir``, which the stage removes), one
+    seed for the weights and the data order, NaN/inf losses logged as they are and every step logged (so that
+    StopOnNonFinite stops at the step); the learning rate, steps and batch size, and the
+    epochs, gradient accumulation and max_length where the section has them. ``job`` (the stage section holding the
+    job keys, default ``c``) gives precision, gradient checkpointing, trackers (``run_name``) and the ``trainer``
+    pass-through; ``stage_args`` are the stage's own and give way to ``trainer``."""
+    job = job if job is not None else c
+    precision = resolve_precision(job.precision)
+    import torch
+
+    args = dict(output_dir=str(work_dir), save_strategy="no", logging_nan_inf_filter=False, logging_steps=1,
+                dataloader_pin_memory=torch.cuda.is_available(),  # pinning only speeds copies to a GPU
+                seed=seed, data_seed=seed, bf16=precision == "bf16", fp16=precision == "fp16",
+                activation_checkpointing=job.gradient_checkpointing,  # transformers 5's name for it
+                report_to=list(job.report_to) or "none", run_name=run_name or None,
                 learning_rate=c.learning_rate, max_steps=c.max_steps or -1,
                 per_device_train_batch_size=c.per_device_batch_size, per_device_eval_batch_size=c.per_device_batch_size)
     args.update({k: getattr(c, k) for k in ("num_train_epochs", "gradient_accumulation_steps", "max_length")
                  if hasattr(c, k)})
-    return {**args, **stage_args}
+    return {**args, **stage_args, **getattr(c, "trainer", {})}
+
+
+def build_trl_config(stage: str, config_class: type, kwargs: dict, out_dir: Path, name: str = "trainer_config.json"):
+    """``config_class(**kwargs)``: a value TRL refuses is one line naming the stage (exit 2); the resolved arguments
+    are written to ``out_dir/<name>`` (paths of this machine left out), what `hfpipe reproduce` compares and what a
+    test or a user reads back."""
+    import json
+
+    try:
+        args = config_class(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise HfpipeError(f"{stage}: trl.{config_class.__name__} refused its arguments: {first_line(e)}", 2) from None
+    resolved = {k: v for k, v in args.to_dict().items() if k not in ("output_dir", "logging_dir")}
+    (out_dir / name).write_text(json.dumps({"class": f"trl.{config_class.__name__}", **resolved},
+                                                            indent=1, sort_keys=True, default=str) + "\n")
+    return args
+
+
+def stop_on_non_finite(stage: str, lr_key: str):
+    """A transformers TrainerCallback that stops the run at the first step whose logged loss or grad norm is NaN or
+    infinite: one line naming the step (exit 1), instead of training on and finding out at the end."""
+    from transformers import TrainerCallback
+
+    class StopOnNonFinite(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            for name in ("loss", "grad_norm"):
+                value = (logs or {}).get(name)
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise HfpipeError(f"{stage}: {name} is {value} at step {state.global_step}; training stopped "
+                                      f"there (lower {lr_key}, now {args.learning_rate:g})", 1)
+
+    return StopOnNonFinite()
+
+
+def report_progress(description: str):
+    """A transformers TrainerCallback that reports the run to the console's live line (hfpipe.stages.progress):
+    ``description`` with the optimizer steps done of ``max_steps`` while training, and the held-out scoring around
+    it."""
+    from transformers import TrainerCallback
+
+    from hfpipe.stages import progress
+
+    class ReportProgress(TrainerCallback):
+        training = scoring = False
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.training = True
+            progress(description, total=state.max_steps if state.max_steps > 0 else None, unit="steps",
+                     completed=state.global_step)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            progress(completed=state.global_step)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.training = False
+
+        def on_prediction_step(self, args, state, control, **kwargs):
+            if not self.scoring and not self.training:
+                self.scoring = True
+                progress("scoring the held-out set" + (" after training" if state.global_step else ""))
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            self.scoring = False
+
+    return ReportProgress()
+
+
+def tracker_env(out_dir: Path, report_to) -> dict[str, str]:
+    """Environment for the trackers' own files: tensorboard event files and wandb's run folder in the stage folder."""
+    if not report_to:
+        return {}
+    folder = str(out_dir / "trackers")
+    return {"TENSORBOARD_LOGGING_DIR": folder, "WANDB_DIR": folder}
 
 
 def check_finite(stage: str, metrics: dict, lr_key: str, lr: float) -> None:
@@ -147,6 +291,11 @@ def describe_training(c, trainer: str, per: str, tokens_per_row: int = 1) -> dic
               "per_device_batch_size": c.per_device_batch_size, "learning_rate": c.learning_rate}
     if getattr(c, "lora", None) is not None:
         engine["lora"] = c.lora.model_dump()
+    engine.update({k: getattr(c, k) for k in ("precision", "gradient_checkpointing") if hasattr(c, k)})
+    if getattr(c, "report_to", None):
+        engine["report_to"] = list(c.report_to)
+    if getattr(c, "trainer", None):
+        engine["trainer_args"] = dict(c.trainer)  # `trainer:`, passed to the TRL config class as it is
     expect = {"optimizer_steps": steps if steps else f"{c.num_train_epochs} epoch(s) over the dataset",
               f"{per}_per_step": batch}
     max_len = getattr(c, "max_length", None)
@@ -161,3 +310,18 @@ def describe_training(c, trainer: str, per: str, tokens_per_row: int = 1) -> dic
 def card_facts(folder: Path, stages: dict[str, Path]) -> dict:
     """For the model card (the stage protocol's hook, shared by the TRL stages): the training curves, when written."""
     return {"images": {"curves": folder / "curves.png"}}
+
+
+@contextlib.contextmanager
+def scoped_env(values: dict[str, str]):
+    """os.environ with ``values`` set inside the block (the trackers read theirs when the trainer is built)."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -9,9 +9,15 @@ Every stage is a module or package ``hfpipe/stages/<name>`` (its helpers beside 
   JSON-serialisable metrics. It never looks for its inputs anywhere but ``inputs``.
 - ``def describe(config, recipe) -> dict``: what a run would do, resolved offline, for ``hfpipe run --dry-run``
   (``engine``: the library or launcher with its settings; ``expected``: the work; ``sources``/``datasets``/``tasks``);
+- optionally ``preflight(config, recipe_dir)``: checks that need the stage's libraries (a pass-through argument the
+  library does not know, a tracker not installed), run for every stage about to run before the first one starts;
 - optionally ``RESUMABLE = True`` when a re-run after a crash may reuse what is already in ``out_dir``;
   ``input_files(config, recipe_dir) -> list[Path]`` for files whose content enters the fingerprint;
-  ``CARD = {"name", "paper", "citation"}`` facts for the model card.
+  ``CARD = {"name", "paper", "citation"}`` facts for the model card; ``headline(metrics) -> str``, the one figure
+  the console shows beside the stage when it is done and in the run's summary table (``"val_loss 3.21"``).
+
+A stage tells the console what it is doing through ``progress()`` (below): a description and, for work of a known
+size, a total to advance through; the runner draws it as the stage's live line. Outside a run it does nothing.
 
 Stage modules import only the standard library, pydantic and hfpipe at top level, so that ``hfpipe validate`` and
 ``hfpipe status`` stay fast; heavy libraries are imported inside ``run``.
@@ -21,9 +27,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -75,6 +82,65 @@ class Inputs:
     def model_dir(self) -> Path | None:
         """The folder holding the upstream model (``<stage>/model``, saved with save_pretrained), if any."""
         return self.upstream[self.model_stage] / "model" if self.model_stage else None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Progress: what a running stage is doing, for the console's live line
+
+
+class Reporter:
+    """Receives a stage's progress; the base class ignores it (a stage run outside ``hfpipe run``, a test). The
+    console (hfpipe.runner.Console) subclasses it and draws the live line."""
+
+    def update(self, description: str | None, total: float | None, advance: float, completed: float | None,
+               unit: str | None) -> None:
+        pass
+
+
+_reporters: list[tuple[int, Reporter]] = [(os.getpid(), Reporter())]
+
+
+def progress(description: str | None = None, *, total: float | None = None, advance: float = 0,
+             completed: float | None = None, unit: str | None = None) -> None:
+    """Report what the running stage is doing. A ``description`` starts a new piece of work (what it is doing,
+    "training"), with its ``total`` (None: size unknown) in ``unit`` ("steps", "docs", "requests") from 0 or from
+    ``completed``; without one, moves the current work on by ``advance`` or to ``completed``. Cheap enough to call per
+    document. Calls from another process (a forked datatrove worker) or when nothing listens do nothing."""
+    pid, reporter = _reporters[-1]
+    if pid == os.getpid():
+        reporter.update(description, total, advance, completed, unit)
+
+
+class reporting:
+    """``with reporting(reporter):`` sends this process's ``progress()`` calls to ``reporter`` (the runner, around
+    each stage)."""
+
+    def __init__(self, reporter: Reporter):
+        self.entry = (os.getpid(), reporter)
+
+    def __enter__(self):
+        _reporters.append(self.entry)
+        return self.entry[1]
+
+    def __exit__(self, *exc):
+        _reporters.remove(self.entry)
+
+
+# report_to name -> (the module its integration imports, what to pip install); shared by every training stage
+TRACKERS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"), "trackio": ("trackio", "trackio")}
+Tracker = Literal["tensorboard", "wandb", "trackio"]
+
+
+def check_trackers(names, key: str) -> None:
+    """A one-line error naming the package to install (``key``: the recipe key), before any training starts."""
+    import importlib.util
+
+    from hfpipe.errors import HfpipeError
+
+    for name in names:
+        module, package = TRACKERS[name]
+        if importlib.util.find_spec(module) is None and not (name == "tensorboard" and importlib.util.find_spec("tensorboardX")):
+            raise HfpipeError(f"{key}: '{name}' is not installed; `pip install {package}` or remove it from report_to", 2)
 
 
 def load_module(stage: str):

@@ -28,11 +28,13 @@ from pydantic import Field
 from hfpipe.errors import HfpipeError, first_line
 from hfpipe.posttrain.data import load_stage_mixture, mixture_files, mixture_pins
 from hfpipe.posttrain.trainer import card_facts  # noqa: F401 (the stage's card hook: its curves)
-from hfpipe.posttrain.trainer import check_finite, mixture_keys, save_and_check, training_keys, trl_arguments
+from hfpipe.posttrain.trainer import (build_trl_config, check_finite, check_trainer_args, job_keys, mixture_keys,
+                                      report_progress, resolve_precision, save_and_check, scoped_env,
+                                      stop_on_non_finite, tracker_env, training_keys, trl_arguments)
 from hfpipe.stages import Inputs, StageConfig
 
 OUTPUTS = ("model/*",)  # what `hfpipe reproduce` compares: these files, and the RESULTS files less their timings
-RESULTS = ("mixture.json",)
+RESULTS = ("mixture.json", "trainer_config.json")
 READS = ("model",)
 CARD = {"name": "Preference optimisation (TRL DPOTrainer / KTOTrainer / ORPOTrainer)",
         "paper": "https://arxiv.org/abs/2305.18290",
@@ -43,7 +45,7 @@ CARD = {"name": "Preference optimisation (TRL DPOTrainer / KTOTrainer / ORPOTrai
 TRAINERS = {"dpo": "trl.DPOTrainer", "kto": "trl.KTOTrainer", "orpo": "trl.experimental.orpo.ORPOTrainer"}
 METHOD_ARGS = {"dpo": {"precompute_ref_log_probs": True, "loss_type": ["sigmoid"]},
                "kto": {"precompute_ref_log_probs": False},
-               "orpo": {"activation_checkpointing": None}}  # TRL's default for ORPO (on), as it always was
+               "orpo": {}}
 
 
 def trainer_classes(method: str) -> tuple[type, type]:
@@ -78,7 +80,7 @@ _TRAINING = training_keys(_Beta, 1e-6, over="pairs",
                                        "the end"))
 
 
-class Config(_TRAINING):
+class Config(job_keys(_TRAINING)):
     max_eval_pairs: int | None = Field(None, ge=1, description="held-out pairs per set used for the before/after "
                                        "numbers; null = all")
 
@@ -89,6 +91,15 @@ def input_files(config: Config, recipe_dir: Path) -> list[Path]:
 
 def pins(config: Config, recipe_dir: Path) -> dict[str, dict]:
     return mixture_pins(config, recipe_dir, "preference")
+
+
+def preflight(config: Config, recipe_dir: Path) -> None:
+    """Before any stage of the run starts: the trackers are installed, every `preference.trainer` key is a field of
+    the method's TRL config class."""
+    from hfpipe.stages import check_trackers
+
+    check_trackers(config.report_to, "preference.report_to")
+    check_trainer_args("preference", trainer_classes(config.method)[1], config)
 
 
 def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
@@ -120,14 +131,18 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
                           f"{config.max_length} after templating, leaving no answer tokens; raise max_length", 2)
     before_logps = pair_logps(model, tokenizer, eval_rows, config.max_length, config.per_device_batch_size)
     work_dir = out_dir / "trainer"
-    common = trl_arguments(config, work_dir, inputs.seed, beta=config.beta)
+    common = trl_arguments(config, work_dir, inputs.seed, run_name=f"{inputs.recipe_name}-preference",
+                           beta=config.beta, **METHOD_ARGS[config.method])
     train_ds, eval_ds = Dataset.from_list(mixture.train), Dataset.from_list(eval_rows)
     try:
         trainer_class, config_class = trainer_classes(config.method)
         reference = {} if config.method == "orpo" else {"ref_model": None}  # TRL builds it from the model
-        args = config_class(**{**common, **METHOD_ARGS[config.method]})
-        trainer = trainer_class(model=model, **reference, args=args, processing_class=tokenizer,
-                                train_dataset=train_ds, eval_dataset=eval_ds)
+        args = build_trl_config("preference", config_class, common, out_dir)
+        with scoped_env(tracker_env(out_dir, config.report_to)):
+            trainer = trainer_class(model=model, **reference, args=args, processing_class=tokenizer,
+                                    train_dataset=train_ds, eval_dataset=eval_ds,
+                                    callbacks=[stop_on_non_finite("preference", "preference.learning_rate"),
+                                               report_progress(f"training ({config.method.upper()})")])
     except (RuntimeError, ValueError, KeyError) as e:  # TRL/template problems while tokenizing the pairs
         raise HfpipeError(f"preference: preparing {key} ({', '.join(mixture.eval)}) failed: {first_line(e)}",
                           2) from None
@@ -160,7 +175,8 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
                "train_pairs": len(mixture.train), "eval_pairs": after["pairs"],
                "pairs_dropped_too_long": (n_train - len(mixture.train)) + (n_eval - len(eval_rows)),
                "train_pairs_per_s": round(train_out.global_step * config.per_device_batch_size
-                                          * config.gradient_accumulation_steps / train_s, 2)}
+                                          * config.gradient_accumulation_steps / train_s, 2),
+               "precision": resolve_precision(config.precision)}
     check_finite("preference", metrics, "learning_rate", config.learning_rate)
     metrics["mixture"] = mixture.summary()
 
@@ -212,6 +228,11 @@ def preference_metrics(logps: list[tuple], ref_logps: list[tuple], beta: float) 
     n = max(len(margins), 1)
     return {"margin": sum(margins) / n, "accuracy": sum(m > 0 for m in margins) / n, "pref_accuracy": sum(prefer) / n,
             "pairs": len(kept)}
+
+
+def headline(metrics: dict) -> str:
+    """The console's figure for this stage: the held-out preference accuracy before and after."""
+    return f"held-out accuracy {metrics['eval_accuracy_before']:.2f} -> {metrics['eval_accuracy_after']:.2f}"
 
 
 def describe(config: Config, recipe) -> dict:

@@ -18,11 +18,13 @@ from pydantic import Field
 from hfpipe.errors import HfpipeError, first_line
 from hfpipe.posttrain.data import load_stage_mixture, mixture_files, mixture_pins
 from hfpipe.posttrain.trainer import card_facts  # noqa: F401 (the stage's card hook: its curves)
-from hfpipe.posttrain.trainer import check_finite, mixture_keys, save_and_check, training_keys, trl_arguments
+from hfpipe.posttrain.trainer import (build_trl_config, check_finite, check_trainer_args, job_keys, mixture_keys,
+                                      report_progress, resolve_precision, save_and_check, scoped_env,
+                                      stop_on_non_finite, tracker_env, training_keys, trl_arguments)
 from hfpipe.stages import Inputs, StageConfig
 
 OUTPUTS = ("model/*",)  # what `hfpipe reproduce` compares: these files, and the RESULTS files less their timings
-RESULTS = ("mixture.json",)
+RESULTS = ("mixture.json", "trainer_config.json")
 READS = ("model",)
 CARD = {"name": "Supervised fine-tuning (TRL SFTTrainer)", "paper": "https://arxiv.org/abs/2203.02155",
         "citation": "Ouyang et al. 2022, Training language models to follow instructions with human feedback"}
@@ -51,7 +53,7 @@ _TRAINING = training_keys(_DATA, 2e-5, over="data",
                                        "templating; longer conversations are cut"))
 
 
-class Config(_TRAINING):
+class Config(job_keys(_TRAINING)):
     assistant_only_loss: bool = Field(True, description="loss only on assistant tokens (the template's "
                                       "{% generation %} spans); false = loss on the whole conversation")
     packing: bool = Field(False, description="pack conversations into max_length rows (TRL best-fit decreasing; "
@@ -72,6 +74,16 @@ def input_files(config: Config, recipe_dir: Path) -> list[Path]:
 
 def pins(config: Config, recipe_dir: Path) -> dict[str, dict]:
     return mixture_pins(config, recipe_dir, "sft")
+
+
+def preflight(config: Config, recipe_dir: Path) -> None:
+    """Before any stage of the run starts: the trackers are installed, every `sft.trainer` key is an SFTConfig field."""
+    from trl import SFTConfig
+
+    from hfpipe.stages import check_trackers
+
+    check_trackers(config.report_to, "sft.report_to")
+    check_trainer_args("sft", SFTConfig, config)
 
 
 def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
@@ -104,14 +116,18 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
         if config.lora.load_in_4bit:
             model = _quantized_copy(inputs)
     work_dir = out_dir / "trainer"
-    args = SFTConfig(**trl_arguments(
-        config, work_dir, inputs.seed, assistant_only_loss=config.assistant_only_loss, packing=config.packing,
-        padding_free=config.padding_free, eval_packing=False,
-        train_sampling_strategy="group_by_length" if config.group_by_length and not config.packing else "random"))
+    args = build_trl_config("sft", SFTConfig, trl_arguments(
+        config, work_dir, inputs.seed, run_name=f"{inputs.recipe_name}-sft",
+        assistant_only_loss=config.assistant_only_loss, packing=config.packing, padding_free=config.padding_free, eval_packing=False,
+        train_sampling_strategy="group_by_length" if config.group_by_length and not config.packing else "random"),
+        out_dir)
     try:
-        trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
-                             train_dataset=Dataset.from_list(mixture.train),
-                             eval_dataset={k: Dataset.from_list(v) for k, v in eval_sets.items()})
+        with scoped_env(tracker_env(out_dir, config.report_to)):
+            trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
+                                 train_dataset=Dataset.from_list(mixture.train),
+                                 eval_dataset={k: Dataset.from_list(v) for k, v in eval_sets.items()},
+                                 callbacks=[stop_on_non_finite("sft", "sft.learning_rate"),
+                                            report_progress("training")])
     except (RuntimeError, ValueError) as e:  # TRL: no assistant tokens after templating, or an unpatchable template
         raise HfpipeError(f"sft: preparing {key} ({', '.join(eval_sets)}) failed: {first_line(e)}", 2) from None
     for label, ds in (*trainer.eval_dataset.items(), ("(training mixture)", trainer.train_dataset)):
@@ -148,7 +164,8 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     metrics = {**losses, "train_steps": train_out.global_step, "train_conversations": len(mixture.train),
                "eval_conversations": sum(len(v) for v in eval_sets.values()),
                "train_sequences": len(trainer.train_dataset), "train_tokens": train_tokens,
-               "train_tokens_per_s": round(train_tokens / train_s, 1), "lora": config.lora is not None}
+               "train_tokens_per_s": round(train_tokens / train_s, 1), "lora": config.lora is not None,
+               "precision": resolve_precision(config.precision)}
     if len(eval_sets) > 1:
         metrics["eval_loss_by_set"] = {k: f"{before[k]:.3f} -> {after[k]:.3f}" for k in eval_sets}
     metrics["mixture"] = mixture.summary()
@@ -185,6 +202,11 @@ def _merge_into_full_precision(peft_model, inputs: Inputs, work_dir: Path):
     peft_model.save_pretrained(adapter_dir)
     base, _ = load_model_and_tokenizer(inputs)
     return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+
+
+def headline(metrics: dict) -> str:
+    """The console's figure for this stage: the held-out assistant loss before and after."""
+    return f"held-out loss {metrics['eval_loss_before']:.3f} -> {metrics['eval_loss_after']:.3f}"
 
 
 def describe(config: Config, recipe) -> dict:

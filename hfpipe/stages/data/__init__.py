@@ -15,6 +15,8 @@ Phases (each a banner in run()):
    (and parquet on request);
 5. stats.json (per step docs and bytes in/out and drop reasons, per domain and language totals, achieved shares),
    mixture.png, and a self-check that reads the output back.
+Every filter keeps what it drops (datatrove's ``exclusion_writer``) in ``dropped/<step>/`` with the reason:
+``hfpipe inspect RECIPE data --dropped-by STEP`` shows them (hfpipe.stages.data.samples).
 Every pass runs on the recipe's executor: local (tasks x workers) by default, or Slurm / Ray.
 """
 
@@ -31,7 +33,7 @@ from pydantic import Field, field_validator, model_validator
 
 from hfpipe.stages.data.readers import build_readers, source_files
 from hfpipe.errors import HfpipeError
-from hfpipe.stages import Inputs, StageConfig
+from hfpipe.stages import Inputs, StageConfig, progress
 
 OUTPUTS = ("data/*.jsonl.gz",)  # what `hfpipe reproduce` compares: these files, and the RESULTS files less their timings
 RESULTS = ("stats.json",)
@@ -180,6 +182,9 @@ class Config(StageConfig):
                                                              "true/false = all defaults / none")
     balance: Balance = Field(default_factory=Balance, description="mixture shares per domain and language")
     parquet: bool = Field(False, description="also write data/*.parquet next to the jsonl.gz shards")
+    keep_dropped: bool = Field(True, description="keep every document a filter or dedup drops, with the reason, in "
+                               "dropped/<step>/ (`hfpipe inspect RECIPE data --dropped-by STEP`); false where they "
+                               "would fill the disk")
     executor: Literal["local", "slurm", "ray"] = Field("local", description="where datatrove runs the tasks")
     tasks: int = Field(1, ge=1, le=100_000, description="datatrove tasks per pass; one output shard per task")
     workers: int = Field(1, ge=1, le=256, description="local: processes running tasks at once (1 = in this process)")
@@ -287,7 +292,9 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
         return JsonlReader(str(folder), glob_pattern="**/*.jsonl", recursive=True, add_file_path=False)
 
     # ---------------------------------------------------------------- 1. resolve + validate
+    progress("reading sources")
     readers, docs_in, bytes_in = build_readers(config, inputs.recipe_dir, work)
+    dropped = out_dir / "dropped" if config.keep_dropped else None
     if any(config.chains.get(d) and "gopher_quality" in config.chains[d] for d in readers):
         try:  # build the word tokenizer now: a bad language fails here, before any pass
             from datatrove.utils.word_tokenizers import load_word_tokenizer
@@ -313,14 +320,23 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
 
     markup = {d: [r for s, r in rs if s.format in MARKUP_FORMATS] for d, rs in readers.items()}
     plain = {d: [r for s, r in rs if s.format not in MARKUP_FORMATS] for d, rs in readers.items()}
+    # progress: a document counts where its source's reader emits it (markup pages before extraction drops any).
+    # Only tasks run in this process count (one local worker); Hub sources are not counted up front
+    markup_sources = frozenset(s.name for s in config.sources if s.format in MARKUP_FORMATS)
+    plain_sources = frozenset(s.name for s in config.sources if s.format not in MARKUP_FORMATS)
+    counted = config.executor == "local" and min(config.workers, config.tasks) == 1
+    where = "" if counted else f" ({config.tasks} tasks, {config.executor}" + \
+        (f", {min(config.workers, config.tasks)} workers)" if config.executor == "local" else ")")
+    hub = any(s.format == "hub" for s in config.sources)
+    progress("filtering" + where, total=sum(docs_in.values()) if counted and not hub else None, unit="docs")
     add(*(r for rs in markup.values() for r in rs))  # markup first: trafilatura sees only their documents
     for domain in (d for d, rs in markup.items() if rs):
-        add(mix.Meter(f"{domain}:html"), domain=domain, name=f"meter:{domain}:html")
+        add(mix.Meter(f"{domain}:html", ticks=markup_sources), domain=domain, name=f"meter:{domain}:html")
         add(make_extractor(config.extract_timeout_s), domain=domain, name=f"{domain}:extract:trafilatura")
     add(*(r for rs in plain.values() for r in rs))
     for domain in readers:
-        add(mix.Meter(f"{domain}:read"), domain=domain, name=f"meter:{domain}:read")
-        for label, step in domain_steps(domain, config):
+        add(mix.Meter(f"{domain}:read", ticks=plain_sources), domain=domain, name=f"meter:{domain}:read")
+        for label, step in domain_steps(domain, config, dropped):
             if config.executor == "local":  # models and indexes loaded once here, shared by every local task
                 preload(step)
             add(step, domain=domain, name=label)
@@ -343,17 +359,24 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     # exact dedup keeps: both MinHash passes that read documents read work/filtered through the exact-dedup filter (same
     # documents, same order per task), not a written copy; the last pass writes the ledger of what is left
     dd, exact = config.dedup, ExactDedupConfig(content_getter=_dedup_key)
-    pipeline, names = [read(filtered), mix.Meter("dedup_in")], [None, "meter:dedup_in"]
+    progress("deduplicating" + where)
+    pipeline, names = [read(filtered), mix.Meter("dedup_in", ticks=True)], [None, "meter:dedup_in"]
+
+    def dropped_by(step: str):
+        return mix.DroppedWriter(str(dropped / step)) if dropped is not None else None
+
     if dd.exact:
         execute(config, [read(filtered), ExactDedupSignature(str(work / "sigs"), exact)], config.tasks,
                 logs / "2_dedup_signatures")
         execute(config, [ExactFindDedups(str(work / "sigs"), str(work / "dups"), exact)], 1, logs / "3_dedup_find")
-        pipeline += [ExactDedupFilter(str(work / "dups"), exact), mix.Meter("dedup:exact")]
+        pipeline += [ExactDedupFilter(str(work / "dups"), exact, exclusion_writer=dropped_by("dedup_exact")),
+                     mix.Meter("dedup:exact")]
         names += ["dedup:exact", "meter:dedup:exact"]
     if dd.minhash.enabled:
         m = dd.minhash
         passes = minhash_pipelines(work / "minhash", lambda: read(filtered), None, n_grams=m.n_grams,
-                                   num_buckets=m.num_buckets, hashes_per_bucket=m.hashes_per_bucket, seed=inputs.seed)
+                                   num_buckets=m.num_buckets, hashes_per_bucket=m.hashes_per_bucket, seed=inputs.seed,
+                                   exclusion_writer=dropped_by("dedup_minhash"))
         if dd.exact:  # signatures of what exact dedup keeps, in the order the MinHash filter below sees it
             passes[0].insert(1, ExactDedupFilter(str(work / "dups"), exact))
         for i, (passed, n) in enumerate(zip(passes[:3], minhash_tasks(config.tasks, m.num_buckets)[:3])):
@@ -361,13 +384,16 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
         pipeline += [passes[3][1], mix.Meter("dedup:minhash")]  # datatrove's MinhashDedupFilter
         names += ["dedup:minhash", "meter:dedup:minhash"]
     pipeline += [mix.Ledger(str(work / "ledger"), inputs.seed), write(work / "deduped")]
+    progress("deduplicating" + where, total=_written(logs / "1_filter") if counted else None, unit="docs")
     execute(config, pipeline, config.tasks, logs / "6_dedup")
     steps += mix.step_table(mix.merged_stats(logs / "6_dedup"), names + [None, None])
 
     # ---------------------------------------------------------------- 4. balance
     # a seeded sample towards the target shares -> data/*.jsonl.gz (+ parquet)
     b = config.balance
-    pipeline, names = [read(work / "deduped"), mix.Meter("balance_in")], [None, "meter:balance_in"]
+    progress(("balancing and writing" if b.enabled else "writing") + where,
+             total=_written(logs / "6_dedup") if counted else None, unit="docs")
+    pipeline, names = [read(work / "deduped"), mix.Meter("balance_in", ticks=True)], [None, "meter:balance_in"]
     if b.enabled:
         pipeline += [mix.BalanceSampler(str(work / "ledger"), inputs.seed, b.domain_shares, b.language_shares,
                                         b.max_bytes), mix.Meter("balance")]
@@ -381,6 +407,9 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
 
     # ---------------------------------------------------------------- 5. stats + plot + self-check
     # the output reads back, every doc carries its metadata
+    progress("checking the output")
+    if dropped is not None:
+        mix.gzip_tree(dropped)
     totals = _read_back(out_dir, docs_in, bytes_in, mix.read_ledger(work / "ledger"))
     achieved = {axis: _shares(totals[axis]) for axis in ("domain", "language")}
     stats = {"steps": steps, "domains": totals["domain"], "languages": totals["language"],
@@ -405,6 +434,28 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
             **{f"detected_{k}": v for k, v in totals_by.items() if k.startswith("language_")},
             **{f"docs_out_{d}": row["docs_out"] for d, row in sorted(totals["domain"].items())},
             **{f"share_{d}": round(v, 4) for d, v in sorted(achieved["domain"].items())}}
+
+
+def _written(logging_dir: Path) -> int | None:
+    """Documents the last step of a pass (its writer) wrote, from datatrove's stats (None when it recorded none)."""
+    from hfpipe.stages.data import mixture as mix
+
+    blocks = mix.merged_stats(logging_dir)
+    return int(blocks[-1].get("total", 0)) or None if blocks else None
+
+
+def headline(metrics: dict) -> str:
+    """The console's figure for this stage: documents kept of those read."""
+    return f"{metrics['docs_out']:,} of {metrics['docs_in']:,} docs kept"
+
+
+def inspect(folder: Path, stages: dict[str, Path], *, domain: str | None = None, dropped_by: str | None = None,
+            n: int = 3, seed: int = 0) -> list[str]:
+    """For `hfpipe inspect RECIPE data`: a sample of the documents this stage kept, or of those ``dropped_by`` a step
+    dropped, with their reason, language, domain, quality score and PII redactions (hfpipe.stages.data.samples)."""
+    from hfpipe.stages.data.samples import render_sample
+
+    return render_sample(folder, domain=domain, dropped_by=dropped_by, n=n, seed=seed)
 
 
 def _relative_logs(logs: Path, out_dir: Path) -> None:

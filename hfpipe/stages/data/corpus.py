@@ -1,4 +1,5 @@
-"""Reading the data stage's output: ``<data stage>/data/*.jsonl.gz``, one JSON document per line with a "text" field."""
+"""Reading the data stage's output: ``<data stage>/data/*.jsonl.gz`` (and what it dropped, ``dropped/**/*.jsonl.gz``),
+one JSON document per line with a "text" field."""
 
 from __future__ import annotations
 
@@ -20,7 +21,12 @@ def data_files(stage_dir: Path) -> list[Path]:
 
 def iter_documents(stage_dir: Path) -> Iterator[tuple[str, dict]]:
     """(text, metadata) of every non-empty document, shard by shard; a line that is not a document is an error."""
-    for path in data_files(stage_dir):
+    return iter_files(data_files(stage_dir))
+
+
+def iter_files(paths: list[Path]) -> Iterator[tuple[str, dict]]:
+    """(text, metadata) of every non-empty document of these jsonl.gz files, in order."""
+    for path in paths:
         with gzip.open(path, "rt", encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():

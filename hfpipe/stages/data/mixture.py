@@ -5,6 +5,8 @@
 - ``Ledger``: a pass-through step writing one line per document (hash, bytes, domain, language) to
   ``<folder>/<rank>.tsv``: the exact composition of the deduplicated corpus, read back by the sampler.
 - ``GzipShard``: after a plain-jsonl writer, gzips the task's shard without a timestamp (bit-identical reruns).
+- ``DroppedWriter``: datatrove's JsonlWriter as a filter's ``exclusion_writer``: the documents a step drops, with
+  ``metadata.filter_reason``, under ``dropped/<step>/`` (``gzip_tree`` compresses them once every pass is done).
 - ``plan_mixture``: target shares per domain and per language -> bytes to keep in each (domain, language) cell,
   by alternating down-scaling of rows and columns (iterative proportional fitting that only ever removes data), then
   a hash threshold per cell so that keeping docs with hash <= threshold gives that many bytes (within one doc).
@@ -22,8 +24,10 @@ from collections import defaultdict
 from pathlib import Path
 
 from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.writers import JsonlWriter
 
 from hfpipe.errors import HfpipeError
+from hfpipe.stages import progress
 
 OTHER = "(other)"  # the group of domains/languages not named in a target, sharing the remaining share
 FITTING_ROUNDS = 200  # row/column down-scaling rounds; converges far sooner on a handful of cells
@@ -37,18 +41,23 @@ def doc_hash(seed: int, doc_id: str) -> int:
 
 
 class Meter(PipelineStep):
-    """Counts docs and UTF-8 bytes flowing through (stats 'docs' and 'bytes')."""
+    """Counts docs and UTF-8 bytes flowing through (stats 'docs' and 'bytes'). ``ticks``: the documents that also
+    advance the stage's progress (``hfpipe.stages.progress``): True for every one, or the names of the sources
+    (metadata.source) whose documents count here; in a worker process the ticks go nowhere."""
 
     type = "📏 METER"
 
-    def __init__(self, label: str):
+    def __init__(self, label: str, ticks: bool | frozenset[str] = False):
         self.name = f"meter:{label}"  # before the base init, which names the stats block after it
         super().__init__()
+        self.ticks = ticks
 
     def run(self, data, rank: int = 0, world_size: int = 1):
         for doc in data:
             self.stat_update("docs")
             self.stat_update("bytes", value=len(doc.text.encode("utf-8")))
+            if self.ticks is True or (self.ticks and doc.metadata.get("source") in self.ticks):
+                progress(advance=1)
             yield doc
 
 
@@ -90,8 +99,32 @@ class GzipShard(PipelineStep):
         plain = Path(self.folder) / f"{rank:05d}.jsonl"
         if plain.exists():
             with self.track_time():
-                plain.with_name(plain.name + ".gz").write_bytes(gzip.compress(plain.read_bytes(), mtime=0))
-                plain.unlink()
+                gzip_file(plain)
+
+
+def gzip_file(plain: Path) -> Path:
+    """``x.jsonl`` -> ``x.jsonl.gz`` holding ``gzip.compress(text, mtime=0)`` (no timestamp: bit-identical reruns)."""
+    packed = plain.with_name(plain.name + ".gz")
+    packed.write_bytes(gzip.compress(plain.read_bytes(), mtime=0))
+    plain.unlink()
+    return packed
+
+
+def gzip_tree(folder: Path) -> None:
+    """Every ``*.jsonl`` below ``folder`` -> ``*.jsonl.gz`` (gzip_file)."""
+    for plain in sorted(Path(folder).rglob("*.jsonl")):
+        gzip_file(plain)
+
+
+class DroppedWriter(JsonlWriter):
+    """datatrove's JsonlWriter as the ``exclusion_writer`` of a filter: each document the filter drops, with
+    ``metadata.filter_reason`` (BaseFilter sets it), to ``<folder>/<rank>.jsonl``. Opened for appending: a filter
+    routed to one domain (ForDomain) runs, and opens and closes its exclusion writer, once per stretch of that
+    domain's documents; a new stage folder starts empty. Plain jsonl, compressed at the end (gzip_tree)."""
+
+    def __init__(self, folder: str):
+        super().__init__(folder, output_filename="${rank}.jsonl", compression=None)
+        self.output_mg = self.output_folder.get_output_file_manager(mode="ab", compression=None)
 
 
 def _clean(value) -> str:

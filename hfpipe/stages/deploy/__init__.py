@@ -25,11 +25,12 @@ from pydantic import Field
 
 from hfpipe.errors import HfpipeError
 from hfpipe.resources import DATASETS, TASKS, TEMPLATES, package_file
-from hfpipe.stages import STAGES, Inputs, StageConfig, resolve_path
+from hfpipe.stages import STAGES, Inputs, StageConfig, progress, resolve_path
 
 # "model" is the weights to export; every other finished stage is read only for the model card.
 OUTPUTS = ("export/**/*.safetensors", "export/**/*.json", "export/**/*.gguf", "export/**/*.jinja")  # what `hfpipe reproduce` compares: these files, and the RESULTS files less their timings
 RESULTS = ("parity.json",)
+NOT_COMPARED = ("export_bytes",)  # counts the card, which carries wall times
 READS = ("model",) + tuple(s for s in STAGES[: STAGES.index("deploy")])
 CARD = {"name": "Export: safetensors, torchao quantization, GGUF + Hugging Face model card", "paper": None,
         "citation": None}
@@ -117,6 +118,7 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     shutil.rmtree(export, ignore_errors=True)  # a retry must not keep shards of an earlier, different export
 
     # ---------------------------------------------------------------- load in the export dtype
+    progress(f"exporting ({config.export_dtype})")
     model, tokenizer = load_model_and_tokenizer(inputs, torch_dtype=getattr(torch, config.export_dtype))
     model.eval()
 
@@ -144,6 +146,7 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
 
     # ---------------------------------------------------------------- quantized variants (torchao), measured
     if config.quantize:
+        progress(f"quantizing and measuring {', '.join(config.quantize)}")
         task_file = inputs.path(config.parity_task) if config.parity_task else BUNDLED_TASK
         parity["task"] = config.parity_task or "hfpipe/tasks/capitals/test.jsonl"
         parity["quantized"] = deploy_quant.quantize_and_measure(
@@ -153,6 +156,7 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
 
     # ---------------------------------------------------------------- GGUF files, loaded back by transformers
     if config.gguf:
+        progress(f"writing and loading back GGUF {', '.join(config.gguf)}")
         full = model.float()
         for gguf_type in config.gguf:
             path = deploy_gguf.write_gguf(full, tokenizer, export / "gguf" / f"{inputs.recipe_name}-{gguf_type}.gguf",
@@ -175,6 +179,7 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     write_card(card, export / "README.md")
 
     # ---------------------------------------------------------------- self-check: plain transformers, no hfpipe
+    progress("checking the export as a user loads it")
     new_tokens = _self_check(export, model, eos_ids, config)
     files = sorted(p for p in export.rglob("*") if p.is_file())
     metrics = {"export_bytes": sum(p.stat().st_size for p in files), "n_files": len(files),
@@ -227,6 +232,13 @@ def _self_check(export: Path, model, eos_ids: list[int], config: Config) -> int:
     if card.data.pipeline_tag != "text-generation":
         fail("README.md does not load as a model card")
     return n_new
+
+
+def headline(metrics: dict) -> str:
+    """The console's figure for this stage: the export's size and the variants beside it."""
+    variants = [k.removeprefix("gguf_") + (" GGUF" if k.startswith("gguf_") else "") for k, v in metrics.items()
+                if isinstance(v, dict)]
+    return f"{metrics['export_bytes'] / 1e6:.1f} MB export" + (f" + {', '.join(variants)}" if variants else "")
 
 
 def describe(c: Config, recipe) -> dict:

@@ -117,8 +117,8 @@ def _encode_texts(tokenizer, texts: list[str], seq_len: int, max_tokens: int):
 def _logits(model, blocks):
     import torch
 
-    with torch.no_grad():
-        return torch.cat([model(blocks[i:i + 1]).logits.float() for i in range(blocks.shape[0])])
+    with torch.no_grad():  # a bitsandbytes variant lives on the GPU: inputs go to the model, logits come back here
+        return torch.cat([model(blocks[i:i + 1].to(model.device)).logits.float().cpu() for i in range(blocks.shape[0])])
 
 
 def _perplexity(logits, blocks) -> float:
@@ -139,9 +139,9 @@ def _task_accuracy(model, tokenizer, docs: list[dict]) -> float:
         scores = []
         for c in d["choices"]:
             c_ids = tokenizer(" " + c, add_special_tokens=False)["input_ids"]
-            x = torch.tensor([p_ids + c_ids])
+            x = torch.tensor([p_ids + c_ids], device=model.device)
             with torch.no_grad():
-                logp = model(x).logits.float().log_softmax(-1)[0, len(p_ids) - 1:-1]
+                logp = model(x).logits.float().cpu().log_softmax(-1)[0, len(p_ids) - 1:-1]
             scores.append(logp.gather(-1, torch.tensor(c_ids)[:, None]).sum().item())
         correct += int(max(range(len(scores)), key=scores.__getitem__) == d["answer"])
     return correct / len(docs)
@@ -151,15 +151,18 @@ def _latency(models: dict, blocks, repeats: int) -> dict[str, float]:
     """Median seconds of one forward pass over the same block, models interleaved so machine noise hits all alike."""
     import torch
 
-    x = blocks[:1]
+    x = {k: blocks[:1].to(m.device) for k, m in models.items()}
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)  # GPU work is asynchronous
     times = {k: [] for k in models}
     with torch.no_grad():
-        for m in models.values():  # warm-up
-            m(x)
+        for k, m in models.items():  # warm-up
+            m(x[k])
         for _ in range(repeats):
             for k, m in models.items():
+                sync()
                 t0 = time.perf_counter()
-                m(x)
+                m(x[k])
+                sync()
                 times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
@@ -189,7 +192,9 @@ def quantize_and_measure(export: Path, schemes, *, tokenizer, texts: list[str], 
     import torch
     from transformers import AutoModelForCausalLM
 
-    full = AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32).eval()
+    # beside a GPU scheme (bitsandbytes loads onto the GPU) the full model is measured on the GPU too
+    device = "cuda" if any(s in GPU_SCHEMES for s in schemes) else "cpu"
+    full = AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32).to(device).eval()
     blocks = _encode_texts(tokenizer, texts, seq_len, max_tokens)
     full_logits = _logits(full, blocks)
     full_ppl = _perplexity(full_logits, blocks)

@@ -34,7 +34,8 @@ from pydantic import Field, NonNegativeFloat, PositiveInt
 
 from hfpipe.errors import HfpipeError
 from hfpipe.resources import TASKS, package_file
-from hfpipe.stages import Inputs, StageConfig, resolve_path
+from hfpipe.stages.eval.areas import area_of
+from hfpipe.stages import Inputs, StageConfig, progress, resolve_path
 
 log = logging.getLogger("hfpipe")
 OUTPUTS = ()  # what `hfpipe reproduce` compares: these files, and the RESULTS files less their timings
@@ -145,6 +146,28 @@ def _vllm(config: Config, inputs: Inputs):
                 seed=inputs.seed, **config.model_args)
 
 
+def _report_requests(lm) -> None:
+    """The requests lm-eval sends the model, on the console's live line: each request type's batch
+    (``loglikelihood``, ``loglikelihood_rolling``, ``generate_until``) is one piece of work of len(requests), advanced
+    by one for every request answered (lm-eval hands each answer to the model's cache hook)."""
+    from lm_eval.api.model import CacheHook
+
+    class Answered(CacheHook):
+        def add_partial(self, attr, req, res) -> None:
+            progress(advance=1)
+            super().add_partial(attr, req, res)
+
+    lm.set_cache_hook(Answered(None))
+    for kind in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
+        method = getattr(lm, kind)
+
+        def counted(requests, *args, _method=method, _kind=kind, **kwargs):
+            progress(f"scoring {_kind} requests", total=len(requests), unit="requests")
+            return _method(requests, *args, **kwargs)
+
+        setattr(lm, kind, counted)  # on this instance: lm-eval calls getattr(lm, request_type)(requests)
+
+
 def _latency(config: Config, model, tokenizer) -> dict | None:
     from hfpipe.stages.eval.latency import measure
 
@@ -189,6 +212,7 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     baseline = _baseline_metrics(config, inputs)
 
     # ---------------------------------------------------------------- model, wrapped for lm-eval in memory
+    progress("loading the model")
     transformers.set_seed(inputs.seed)
     if config.backend == "vllm":
         model = tokenizer = None
@@ -200,6 +224,8 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
                   **config.model_args)
 
     # ---------------------------------------------------------------- evaluate
+    progress(f"building {len(config.tasks)} tasks")
+    _report_requests(lm)
     try:
         out = lm_eval.simple_evaluate(
             model=lm, tasks=list(config.tasks), task_manager=task_manager, num_fewshot=config.num_fewshot,
@@ -214,7 +240,9 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     tasks, metrics = {}, {}
     for name, row in out["results"].items():
         cfg = out.get("configs", {}).get(name, {})
-        entry = {"metrics": {}, "version": out["versions"].get(name), "n_shot": out["n-shot"].get(name),
+        area, measures = area_of(name, cfg.get("metadata"))
+        entry = {"area": area, "description": measures,
+                 "metrics": {}, "version": out["versions"].get(name), "n_shot": out["n-shot"].get(name),
                  "n_samples": out.get("n-samples", {}).get(name), "higher_is_better": {},
                  "output_type": cfg.get("output_type"), "generation_kwargs": cfg.get("generation_kwargs")}
         for key, value in row.items():
@@ -229,6 +257,7 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
         tasks[name] = entry
 
     # ---------------------------------------------------------------- latency and cost, regression vs the baseline
+    progress("measuring latency")
     latency = _latency(config, model, tokenizer) if model is not None else None
     regression = _regression(config, baseline, metrics, tasks) if baseline is not None else None
 
@@ -237,7 +266,9 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     results = {
         "harness": {"name": "lm-evaluation-harness", "version": lm_eval.__version__},
         "model": {"stage": inputs.model_stage, "base_model": inputs.base_model.name_or_path if inputs.base_model
-                  and not inputs.model_stage else None, "parameters": sum(p.numel() for p in model.parameters())},
+                  and not inputs.model_stage else None,
+                  # vllm loads the folder itself: no model object here to count
+                  "parameters": sum(p.numel() for p in model.parameters()) if model is not None else None},
         "seed": inputs.seed, "limit": config.limit, "num_fewshot": config.num_fewshot, "max_length": lm.max_length,
         "batch_size": config.batch_size, "max_gen_toks": config.max_gen_toks,
         "apply_chat_template": config.apply_chat_template,
@@ -280,6 +311,13 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
         summary["regression/regressed"] = len(regression["regressed"])
         summary.update({f"regression/delta/{r['metric']}": r["delta"] for r in regression["rows"]})
     return {**summary, **metrics}
+
+
+def headline(metrics: dict) -> str:
+    """The console's figure for this stage: how many tasks were scored (and any regression against a baseline)."""
+    tasks = {k.split("/")[0] for k in metrics if "/" in k and k.split("/")[0] not in ("latency", "cost", "regression")}
+    regressed = metrics.get("regression/regressed")
+    return f"{len(tasks)} tasks scored" + (f", {regressed} regressed vs baseline" if regressed else "")
 
 
 def describe(c: Config, recipe) -> dict:

@@ -31,16 +31,24 @@ def score_facts(results: Any) -> tuple[list[dict], list, str | None]:
     """Table rows, one huggingface_hub EvalResult per numeric metric, and the harness version, from results.json.
 
     Reads {"results" (or "tasks"): {task: {"metrics": {metric: {"value", "stderr"}}, "version", "n_shot", "n_samples",
-    "higher_is_better"?}}, "harness_version" (or "harness": {"version"})}; anything else in it is ignored.
+    "higher_is_better"?, "area"?, "description"?}}, "harness_version" (or "harness": {"version"})}; anything else in it
+    is ignored. Rows are grouped by capability area (areas.AREAS order, then "other"), each task's first row saying
+    what it measures; a task without a recorded area gets it from hfpipe.stages.eval.areas.
     """
     from huggingface_hub import EvalResult
+
+    from hfpipe.stages.eval.areas import AREAS, area_of
 
     rows, evals = [], []
     results = results if isinstance(results, dict) else {}
     tasks = results.get("results", results.get("tasks"))
+    entries = []
     for task, entry in sorted(tasks.items()) if isinstance(tasks, dict) else []:
-        if not isinstance(entry, dict) or not isinstance(entry.get("metrics"), dict):
-            continue
+        if isinstance(entry, dict) and isinstance(entry.get("metrics"), dict):
+            area, measures = (entry["area"], entry.get("description") or "") if entry.get("area") else \
+                area_of(str(task))
+            entries.append((AREAS.index(area) if area in AREAS else len(AREAS), str(area), str(measures), task, entry))
+    for _, area, measures, task, entry in sorted(entries, key=lambda e: e[:1] + (str(e[3]),)):
         n_shot, n_samples = entry.get("n_shot"), entry.get("n_samples")
         if isinstance(n_samples, dict):  # lm-eval style {"original": N, "effective": M}
             n_samples = n_samples.get("effective", n_samples.get("original"))
@@ -51,7 +59,8 @@ def score_facts(results: Any) -> tuple[list[dict], list, str | None]:
             name = f"{mtype} ({n_shot}-shot)" if isinstance(n_shot, int) else mtype
             name += f" [{filt}]" if filt and filt != "none" else ""
             arrow = {True: " ↑", False: " ↓"}.get(better.get(metric), "")
-            rows.append({"task": fmt(task), "metric": fmt(name) + arrow, "arrow": arrow, "value": fmt(value),
+            rows.append({"area": fmt(area), "measures": fmt(measures) if not any(r["task"] == fmt(task) for r in rows)
+                         else "", "task": fmt(task), "metric": fmt(name) + arrow, "arrow": arrow, "value": fmt(value),
                          "stderr": fmt(stderr) if is_number(stderr) else "", "n_samples": fmt(n_samples or ""),
                          "version": fmt(str(entry.get("version") or ""))})
             if is_number(value):

@@ -102,7 +102,7 @@ class Config(StageConfig):
     report_to: list[Literal["tensorboard", "wandb", "trackio"]] = Field([], description="accelerate trackers to "
                                                                         "log the curves to as well (installed)")
     num_processes: int = Field(1, ge=1, description="training processes; >1 runs `accelerate launch` (one per GPU)")
-    accelerate_config: str | None = Field(None, description="accelerate config: a name under recipes/accelerate "
+    accelerate_config: str | None = Field(None, description="accelerate config: a name under hfpipe/accelerate "
                                           "(single, ddp, fsdp, deepspeed_zero3) or a path; default ddp when "
                                           "num_processes > 1; set = launched even with one process")
 
@@ -152,9 +152,11 @@ def train(config: Config, inputs: Inputs, out_dir: Path) -> dict:
 
     from hfpipe.stages.pretrain import checkpoint as ckpt
     from hfpipe.stages.pretrain.data import BlockSampler, domain_key, load_corpus, pack, unigram_entropy
-    from hfpipe.stages.pretrain.optim import build_optimizer, build_scheduler, check_trackers, finite, flops_per_token
+    from hfpipe.stages import check_trackers
+    from hfpipe.stages import progress as report  # `progress` below is the training state
+    from hfpipe.stages.pretrain.optim import build_optimizer, build_scheduler, finite, flops_per_token
 
-    check_trackers(config.report_to)
+    check_trackers(config.report_to, "pretrain.report_to")
     set_seed(inputs.seed)
     AcceleratorState._reset_state()  # an earlier stage in this process may have fixed another mixed_precision (as Trainer does)
     accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -166,6 +168,7 @@ def train(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     n_proc, rank = accelerator.num_processes, accelerator.process_index
 
     # ---------------------------------------------------------------- tokenize per domain, split, pack
+    report("tokenizing the corpus")
     corpus = load_corpus(inputs.upstream["data"], tokenizer, bos, inputs.seed, config.val_fraction)
     missing = sorted(set(config.mixture) - set(corpus.domains))
     if missing:
@@ -250,6 +253,8 @@ def train(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     ends = [sum(s for _, s, _ in phases[: i + 1]) for i in range(len(phases))]
     s, val = progress.sums, {}
     model.train()
+    report("training" + (f" (resumed at step {resumed_from})" if resumed_from else ""), total=config.max_steps,
+           unit="steps", completed=progress.step)
     with ckpt.StopFlag() as stop:
         for step in range(progress.step + 1, config.max_steps + 1):
             phase = next(i for i, end in enumerate(ends) if step <= end)
@@ -278,6 +283,7 @@ def train(config: Config, inputs: Inputs, out_dir: Path) -> dict:
             optimizer.zero_grad(set_to_none=True)
             dt = time.perf_counter() - t0
             progress.step = step
+            report(completed=step)
             s["train_s"] += dt
             s["window_s"] += dt
             s["window_loss"] += train_loss
@@ -302,6 +308,7 @@ def train(config: Config, inputs: Inputs, out_dir: Path) -> dict:
                     raise ckpt.TrainingInterrupted(stop.signum or 15, step, where)
     if not val:  # resumed at the very end: the last validation happened before the checkpoint
         val = evaluate()
+    report("saving the model")
     if accelerator.is_main_process:
         plot(rows, baseline, out_dir / "curves.png")
 
@@ -373,6 +380,11 @@ def check(folder: Path) -> None:
     out = model.generate(**prompt, max_new_tokens=1, do_sample=False)
     if out.shape[1] != prompt["input_ids"].shape[1] + 1:
         raise HfpipeError(f"pretrain self-check: the model saved in {folder} does not generate", 1)
+
+
+def headline(metrics: dict) -> str:
+    """The console's figure for this stage: the final validation loss (and the training loss beside it)."""
+    return f"val_loss {metrics['val_loss']:.3f} (train_loss {metrics['train_loss']:.3f})"
 
 
 def describe(c: Config, recipe) -> dict:

@@ -15,11 +15,12 @@ import shlex
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from hfpipe.errors import HfpipeError
 from hfpipe.resources import ACCELERATE, package_file
-from hfpipe.stages import Inputs, resolve_path
+from hfpipe.stages import Inputs, progress, resolve_path
 
 ACCELERATE_DIR = package_file(ACCELERATE)
 SPEC, RESULT = "worker.json", "worker_result.json"
@@ -60,8 +61,11 @@ def launch(config, inputs: Inputs, out_dir: Path) -> dict:
            "--num_processes", str(config.num_processes), "--main_process_port", str(_free_port()),
            "-m", "hfpipe.stages.pretrain", "--worker", str(out_dir / SPEC)]
     proc = subprocess.Popen(cmd, env={**os.environ, "HFPIPE_PRETRAIN_WORKER": "1"}, start_new_session=True)
+    progress(f"training in {config.num_processes} processes", total=config.max_steps, unit="steps")
     with StopFlag(forward=lambda signum: os.killpg(proc.pid, signum)) as stop:  # to the launcher and every rank
-        rc = proc.wait()
+        while (rc := proc.poll()) is None:  # the ranks' progress: the last step rank 0 logged to curves.jsonl
+            time.sleep(0.5)
+            progress(completed=last_logged_step(out_dir / "curves.jsonl"))
     result = json.loads((out_dir / RESULT).read_text()) if (out_dir / RESULT).is_file() else None
     if result and "metrics" in result:
         for name in (SPEC, RESULT):  # launch plumbing with this machine's paths: not part of the promoted result
@@ -75,6 +79,17 @@ def launch(config, inputs: Inputs, out_dir: Path) -> dict:
                                   done[-1] if done else None)
     raise HfpipeError(f"pretrain: `accelerate launch` exited with code {rc} and no result "
                       f"(command: {' '.join(cmd)}); see the output above", 1)
+
+
+def last_logged_step(curves: Path) -> int:
+    """The step of the last complete line of a curves.jsonl being written (0 when none)."""
+    try:
+        with open(curves, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = f.read().split(b"\n")[:-1]  # the part after the last newline may be half written
+        return int(json.loads(lines[-1])["step"]) if lines else 0
+    except (OSError, ValueError, KeyError, IndexError):
+        return 0
 
 
 def worker_main(spec_path: str) -> int:

@@ -2,22 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 from hfpipe.errors import HfpipeError
-
-# report_to name -> (module accelerate's tracker imports, what to pip install)
-TRACKERS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"), "trackio": ("trackio", "trackio")}
-
-
-def check_trackers(names) -> None:
-    """A one-line error naming the package to install, before any training starts."""
-    for name in names:
-        module, package = TRACKERS[name]
-        if importlib.util.find_spec(module) is None and not (name == "tensorboard" and importlib.util.find_spec("tensorboardX")):
-            raise HfpipeError(f"pretrain.report_to: '{name}' is not installed; `pip install {package}` or remove it "
-                              "from report_to", 2)
 
 
 def build_optimizer(config, model):

@@ -14,20 +14,22 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from hfpipe.errors import HfpipeError, first_line
 from hfpipe.posttrain.data import load_preferences, load_split, resolve_dataset
 from hfpipe.posttrain.trainer import card_facts  # noqa: F401 (the stage's card hook: its curves)
-from hfpipe.posttrain.trainer import (check_finite, epochs_key, learning_rate_key, max_steps_key, save_and_check,
-                                      trl_arguments)
+from hfpipe.posttrain.trainer import (build_trl_config, check_finite, check_trainer_args, epochs_key, job_keys,
+                                      learning_rate_key, max_steps_key, report_progress, resolve_precision,
+                                      save_and_check, scoped_env, stop_on_non_finite, tracker_env, trl_arguments)
 from hfpipe.stages import Inputs, StageConfig
 from hfpipe.stages.rl import rewards
 
-OUTPUTS = ("model/*", "reward_model/*")  # what `hfpipe reproduce` compares: these files, and the RESULTS files less their timings
-RESULTS = ()
+OUTPUTS = ("model/*", "reward_model/*")  # what `hfpipe reproduce` compares: these files, and the RESULTS files less
+# their timings
+RESULTS = ("trainer_config.json", "reward_model_trainer_config.json")
 READS = ("model",)
 CARD = {"name": "RLHF: reward model (TRL RewardTrainer) + GRPO / RLOO (TRL)",
         "paper": "https://arxiv.org/abs/2402.03300",
@@ -50,6 +52,8 @@ class RewardModelSettings(StageConfig):
     num_train_epochs: float = epochs_key("pairs")
     per_device_batch_size: int = Field(8, ge=1, description="pairs per forward pass (train and eval)")
     max_length: int = Field(512, ge=8, description="tokens of prompt + answer; longer pairs are dropped (TRL)")
+    trainer: dict[str, Any] = Field(default_factory=dict, description="more arguments of trl.RewardConfig, passed as "
+                                    "they are; checked against its fields before the run starts")
     center_rewards_coefficient: float | None = Field(None, ge=0.0, description="weight of a penalty on mean reward^2 "
                                                      "that keeps scores near 0 (TRL; 0.01 recommended); null = none")
 
@@ -65,7 +69,7 @@ class RewardSpec(StageConfig):
         return rewards.check_name(v)
 
 
-class Config(StageConfig):
+class Config(job_keys(StageConfig)):
     reward_model: RewardModelSettings | None = Field(default_factory=RewardModelSettings, description="phase 1; "
                                                      "null = no reward model (then only verifiable rewards)")
     algorithm: Literal["grpo", "rloo"] = Field("grpo", description="policy optimiser: GRPO (group-normalised "
@@ -102,6 +106,19 @@ class Config(StageConfig):
         return self
 
 
+def preflight(config: Config, recipe_dir: Path) -> None:
+    """Before any stage of the run starts: the trackers are installed, every `rl.trainer` key is a field of the
+    policy trainer's config class and every `rl.reward_model.trainer` key one of trl.RewardConfig."""
+    from trl import GRPOConfig, RewardConfig, RLOOConfig
+
+    from hfpipe.stages import check_trackers
+
+    check_trackers(config.report_to, "rl.report_to")
+    check_trainer_args("rl", GRPOConfig if config.algorithm == "grpo" else RLOOConfig, config)
+    if config.reward_model is not None:
+        check_trainer_args("rl.reward_model", RewardConfig, config.reward_model)
+
+
 def input_files(config: Config, recipe_dir: Path) -> list[Path]:
     names = [("rl.dataset", config.dataset)] + ([("rl.eval_dataset", config.eval_dataset)] if config.eval_dataset
                                                 else [])
@@ -112,7 +129,7 @@ def input_files(config: Config, recipe_dir: Path) -> list[Path]:
     return [resolve_dataset(name, recipe_dir, key) for key, name in names]
 
 
-def train_reward_model(rm: RewardModelSettings, inputs: Inputs, out_dir: Path) -> dict:
+def train_reward_model(rm: RewardModelSettings, job: Config, inputs: Inputs, out_dir: Path) -> dict:
     """Phase 1: RewardTrainer on preference pairs; held-out pairwise accuracy before/after; saved to reward_model/."""
     import transformers
     from datasets import Dataset
@@ -136,11 +153,16 @@ def train_reward_model(rm: RewardModelSettings, inputs: Inputs, out_dir: Path) -
         raise HfpipeError(f"rl: the upstream model ({where}) has no sequence-classification form for a reward "
                           f"model: {first_line(e)}", 1) from None
     work_dir = out_dir / "rm_trainer"
-    args = RewardConfig(**trl_arguments(rm, work_dir, inputs.seed,
-                                        center_rewards_coefficient=rm.center_rewards_coefficient))
+    args = build_trl_config("rl.reward_model", RewardConfig, trl_arguments(
+        rm, work_dir, inputs.seed, job=job, run_name=f"{inputs.recipe_name}-rl-reward-model",
+        center_rewards_coefficient=rm.center_rewards_coefficient), out_dir, "reward_model_trainer_config.json")
     try:
-        trainer = RewardTrainer(model=model, args=args, processing_class=tokenizer,
-                                train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows))
+        with scoped_env(tracker_env(out_dir, job.report_to)):
+            trainer = RewardTrainer(model=model, args=args, processing_class=tokenizer,
+                                    train_dataset=Dataset.from_list(train_rows),
+                                    eval_dataset=Dataset.from_list(eval_rows),
+                                    callbacks=[stop_on_non_finite("rl.reward_model", "rl.reward_model.learning_rate"),
+                                               report_progress("training the reward model")])
     except (RuntimeError, ValueError) as e:
         raise HfpipeError(f"rl: preparing reward-model pairs {train_path} / {eval_path} failed: {first_line(e)}",
                           2) from None
@@ -176,7 +198,7 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     # ---------------------------------------------------------------- phase 1: reward model on preference pairs
     metrics: dict = {}
     if config.reward_model is not None:
-        metrics.update(train_reward_model(config.reward_model, inputs, out_dir))
+        metrics.update(train_reward_model(config.reward_model, config, inputs, out_dir))
 
     # ---------------------------------------------------------------- phase 2: the policy, the reward functions and the
     # trainer
@@ -197,16 +219,18 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     else:
         from trl import RLOOConfig as TrainerConfig, RLOOTrainer as Trainer
     work_dir = out_dir / "trainer"
-    args = TrainerConfig(**trl_arguments(
-        config, work_dir, inputs.seed, logging_steps=1, use_vllm=False,
-        logging_nan_inf_filter=True,  # as before: transformers' default for the policy trainer
+    args = build_trl_config("rl", TrainerConfig, trl_arguments(
+        config, work_dir, inputs.seed, run_name=f"{inputs.recipe_name}-rl", use_vllm=False,
         num_generations=config.num_generations, max_completion_length=config.max_completion_length,
         temperature=config.temperature, beta=config.beta, num_iterations=config.num_iterations,
-        reward_weights=[r.weight for r in config.rewards]))
+        reward_weights=[r.weight for r in config.rewards]), out_dir)
     try:
-        trainer = Trainer(model=model, reward_funcs=funcs, args=args, processing_class=tokenizer,
-                          reward_processing_classes=processing, train_dataset=Dataset.from_list(train_rows),
-                          eval_dataset=Dataset.from_list(eval_rows))
+        with scoped_env(tracker_env(out_dir, config.report_to)):
+            trainer = Trainer(model=model, reward_funcs=funcs, args=args, processing_class=tokenizer,
+                              reward_processing_classes=processing, train_dataset=Dataset.from_list(train_rows),
+                              eval_dataset=Dataset.from_list(eval_rows),
+                              callbacks=[stop_on_non_finite("rl", "rl.learning_rate"),
+                                         report_progress(f"training ({config.algorithm.upper()})")])
     except (RuntimeError, ValueError) as e:
         raise HfpipeError(f"rl: preparing {config.algorithm} on {train_path} failed: {first_line(e)}", 2) from None
 
@@ -232,6 +256,7 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
         "train_reward_end": sum(logged[-k:]) / k if logged else None,
         "train_loss": train_out.training_loss, "train_steps": train_out.global_step,
         "train_prompts": len(train_rows), "eval_prompts": len(eval_rows),
+        "precision": resolve_precision(config.precision),
     })
     check_finite("rl", {k: metrics[k] for k in ("eval_reward_before", "eval_reward_after", "train_loss")},
                  "rl.learning_rate", config.learning_rate)
@@ -242,6 +267,11 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     if config.reward_model is not None and not list((out_dir / "reward_model").glob("*.safetensors")):
         raise HfpipeError(f"rl: {out_dir / 'reward_model'} holds no safetensors weights", 1)
     return metrics
+
+
+def headline(metrics: dict) -> str:
+    """The console's figure for this stage: the mean reward on held-out prompts before and after."""
+    return f"held-out reward {metrics['eval_reward_before']:+.2f} -> {metrics['eval_reward_after']:+.2f}"
 
 
 def describe(config: Config, recipe) -> dict:

@@ -32,7 +32,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from hfpipe.errors import HfpipeError
-from hfpipe.stages import StageConfig, resolve_path
+from hfpipe.stages import StageConfig, progress, resolve_path
 
 OUTPUTS = ()  # what `hfpipe reproduce` compares: these files, and the RESULTS files less their timings
 RESULTS = ("serve.json",)
@@ -169,6 +169,12 @@ def commands(config: Config, folders: dict[str, Path], name: str) -> dict:
     return out
 
 
+def headline(metrics: dict) -> str:
+    """The console's figure for this stage: the load test's answers, median latency and throughput."""
+    return (f"{metrics['requests_ok']} requests ok, {metrics['errors']} errors, p50 {metrics['latency_p50_s']:.2f}s, "
+            f"{metrics['requests_per_s']:.1f} requests/s")
+
+
 def describe(config: Config, recipe) -> dict:
     """For `hfpipe run --dry-run`: the engine, its batching/caching switches and the command lines."""
     from hfpipe.stages.serve.router import variant_folder
@@ -251,16 +257,19 @@ def run(config: Config, inputs, out_dir: Path) -> dict:
          f"(runs/{inputs.recipe_name}/)", **promised}, indent=1))
 
     rule = route_rule(config, inputs.seed)
+    progress(f"starting {config.engine} serve for {', '.join(config.variants)}")
     with router.Stack(folders, config, out_dir, rule, inputs.recipe_name, host="127.0.0.1",
                        port=router.free_port()) as stack:
         # ------------------------------------------------------------ each variant stops at end of turn
         eos = {}
         if config.eos_check:
+            progress("checking that every variant stops at end of turn")
             for b in stack.backends:
                 eos[b.variant] = _eos_probe(b, promised, config.loadtest.request_timeout_s)
 
         # ------------------------------------------------------------ the bounded load test, through the router
         lt = config.loadtest
+        progress(f"load test, {lt.concurrency} at a time", total=lt.requests, unit="requests")
         result = loadtest.run_loadtest(stack.url, requests=lt.requests, concurrency=lt.concurrency,
                                        max_seconds=lt.max_seconds, max_tokens=lt.max_tokens, prompts_file=prompts,
                                        stream=lt.stream, timeout_s=lt.request_timeout_s)

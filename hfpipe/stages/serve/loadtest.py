@@ -16,6 +16,7 @@ from pathlib import Path
 
 from hfpipe.errors import HfpipeError
 from hfpipe.resources import DATASETS, package_file
+from hfpipe.stages import progress
 from hfpipe.stages.serve.router import VARIANT_HEADER, check_url_loopback
 
 DEFAULT_PROMPTS = package_file(DATASETS, "sft_chat_eval.jsonl")
@@ -117,6 +118,7 @@ async def _run(url: str, prompts: list[list[dict]], requests: int, concurrency: 
                 return
             body = {"messages": prompts[i % len(prompts)], "max_tokens": max_tokens, "temperature": 0.0}
             records.append(await _one(client, endpoint, body, headers, stream))
+            progress(advance=1)
 
     async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=5.0)) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))

@@ -26,7 +26,7 @@ from pydantic import Field, field_validator, model_validator
 
 from hfpipe.errors import HfpipeError
 from hfpipe.models import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, default_chat_template
-from hfpipe.stages import Inputs, StageConfig
+from hfpipe.stages import Inputs, StageConfig, progress
 
 OUTPUTS = ("tokenizer/*",)  # what `hfpipe reproduce` compares: these files, and the RESULTS files less their timings
 RESULTS = ("report.json",)
@@ -129,6 +129,7 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
 
     # ---------------------------------------------------------------- documents: held-out split, training mix
     t0, c0 = time.perf_counter(), time.process_time()
+    progress("reading documents")
     docs = tb.read_docs(inputs.upstream["data"])
     if not docs:
         raise HfpipeError(f"tokenizer: no non-empty 'text' in {inputs.upstream['data'] / 'data'}", 1)
@@ -139,6 +140,8 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
 
     # ---------------------------------------------------------------- train (or load the tokenizer to reuse)
     template = config.chat_template if config.chat_template is not None else default_chat_template()
+    progress(f"training {config.model.upper()} ({n_bytes / 1e6:.1f} MB)" if config.pretrained is None
+             else f"loading {config.pretrained}")
     if config.pretrained is None:
         tok, trainer, specials = tb.build(config)
         tok.train_from_iterator(texts, trainer, length=len(texts))
@@ -171,6 +174,7 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
 
     # ---------------------------------------------------------------- held-out report, ours beside the reference
     t1 = time.perf_counter()
+    progress("measuring held-out text" + (f" beside {config.reference}" if config.reference else ""))
     held = tr.cap_per_group(heldout, config.heldout_max_bytes)
     if config.bundled_heldout:
         held += tr.cap_per_group(tb.read_jsonl_docs(tr.BUNDLED_HELDOUT), config.heldout_max_bytes)
@@ -233,6 +237,35 @@ def check(folder: Path) -> None:
     if (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) != (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN):
         raise HfpipeError(f"tokenizer self-check: bos/eos/pad are {tokenizer.bos_token}/{tokenizer.eos_token}/"
                           f"{tokenizer.pad_token}, expected {BOS_TOKEN}/{EOS_TOKEN}/{PAD_TOKEN}", 1)
+
+
+def headline(metrics: dict) -> str:
+    """The console's figure for this stage: vocabulary and bytes per token on its training text."""
+    return f"{metrics['vocab_size']:,} tokens, {metrics['bytes_per_token']:.2f} bytes/token"
+
+
+def inspect(folder: Path, stages: dict[str, Path], *, domain: str | None = None, n: int = 3, seed: int = 0,
+            color: bool = False, **_) -> list[str]:
+    """For `hfpipe inspect RECIPE tokens`: documents of the data stage (a seeded sample, of ``domain`` if given)
+    tokenized by this stage's tokenizer, token boundaries marked (tokenizer.show.token_boundaries)."""
+    from transformers import AutoTokenizer
+
+    from hfpipe.stages.data.samples import sample_docs
+    from hfpipe.stages.tokenizer.show import token_boundaries
+
+    if "data" not in stages:
+        raise HfpipeError("inspect tokens: the data stage has not finished with the current recipe (its documents "
+                          "are the sample)", 2)
+    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    docs, total = sample_docs(stages["data"], domain=domain, n=n, seed=seed)
+    lines = [f"{folder.name}: {len(tokenizer):,} tokens; {len(docs)} of {total:,} documents"
+             f"{f' of domain {domain}' if domain else ''} (seed {seed}), token boundaries "
+             f"{'in alternating colours' if color else 'marked |'}:"]
+    for i, (text, meta) in enumerate(docs, 1):
+        head, body = token_boundaries(tokenizer, text, color=color)
+        lines += ["", f"[{i}/{len(docs)}] {meta.get('source', '?')} · domain {meta.get('domain', '?')} · language "
+                      f"{meta.get('language', '?')} · {head}", *body]
+    return lines
 
 
 def describe(c: Config, recipe) -> dict:

@@ -25,12 +25,15 @@ This package imports datatrove at top level: import it inside the stage's run(),
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.filters import C4QualityFilter, FineWebQualityFilter, GopherRepetitionFilter
+from datatrove.pipeline.filters.base_filter import BaseFilter
 
 from hfpipe.stages.data import STEP_NAMES, Config
+from hfpipe.stages.data.mixture import DroppedWriter
 from hfpipe.stages.data.steps.classifier import QualityClassifierFilter
 from hfpipe.stages.data.steps.code import CodeQualityFilter, LicenseHeaderTagger, MalwareSignatureFilter, SecretsFilter
 from hfpipe.stages.data.steps.decontamination import EvalDecontaminationFilter
@@ -123,11 +126,14 @@ if tuple(STEP_BUILDERS) != STEP_NAMES:  # the Config validated the recipe's chai
     raise ImportError(f"hfpipe.stages.data.STEP_NAMES {STEP_NAMES} and STEP_BUILDERS {tuple(STEP_BUILDERS)} differ")
 
 
-def domain_steps(domain: str, config: Config) -> list[tuple[str, PipelineStep]]:
+def domain_steps(domain: str, config: Config, dropped: Path | None = None) -> list[tuple[str, PipelineStep]]:
     """(label, datatrove step) of one domain's chain, in the recipe's order; language-specific rules wrapped so that
-    they judge only documents in their languages (``rule_languages``)."""
+    they judge only documents in their languages (``rule_languages``). With ``dropped``, every filter keeps what it
+    drops through datatrove's ``exclusion_writer`` in ``<dropped>/<step>/<domain>/`` (DroppedWriter)."""
     steps = []
     for name in config.chains.get(domain, ()):
         step, languages = STEP_BUILDERS[name](config), config.rule_languages.get(name)
+        if dropped is not None and isinstance(step, BaseFilter):
+            step.exclusion_writer = DroppedWriter(str(dropped / name / domain))
         steps.append((f"{domain}:{name}", OnlyLanguages(step, languages) if languages else step))
     return steps

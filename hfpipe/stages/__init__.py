@@ -14,7 +14,13 @@ Every stage is a module or package ``hfpipe/stages/<name>`` (its helpers beside 
 - optionally ``RESUMABLE = True`` when a re-run after a crash may reuse what is already in ``out_dir``;
   ``input_files(config, recipe_dir) -> list[Path]`` for files whose content enters the fingerprint;
   ``CARD = {"name", "paper", "citation"}`` facts for the model card; ``headline(metrics) -> str``, the one figure
-  the console shows beside the stage when it is done and in the run's summary table (``"val_loss 3.21"``).
+  the console shows beside the stage when it is done and in the run's summary table (``"val_loss 3.21"``);
+  ``card_facts(folder, stages) -> dict`` for what the card shows of its artifacts (``section``, ``images``,
+  ``hide_metrics``, ``card`` template variables); ``pins(config, recipe_dir) -> dict`` for the model, tokenizer and
+  Hub dataset locations it reads, by content (``hfpipe.models.pin``);
+- ``OUTPUTS`` (glob patterns of the files it writes that must come out the same), ``RESULTS`` (JSON files compared
+  without their timing figures) and optionally ``NOT_COMPARED`` (metric keys that vary run to run): what ``hfpipe
+  reproduce`` compares. A stage that declares none is reported "not compared".
 
 A stage tells the console what it is doing through ``progress()`` (below): a description and, for work of a known
 size, a total to advance through; the runner draws it as the stage's live line. Outside a run it does nothing.

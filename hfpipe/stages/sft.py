@@ -23,7 +23,7 @@ from hfpipe.posttrain.trainer import (build_trl_config, check_finite, check_trai
                                       stop_on_non_finite, tracker_env, training_keys, trl_arguments)
 from hfpipe.stages import Inputs, StageConfig
 
-OUTPUTS = ("model/*",)  # what `hfpipe reproduce` compares: these files, and the RESULTS files less their timings
+OUTPUTS = ("model/*",)  # compared by `hfpipe reproduce` (see hfpipe/stages/__init__.py)
 RESULTS = ("mixture.json", "trainer_config.json")
 READS = ("model",)
 CARD = {"name": "Supervised fine-tuning (TRL SFTTrainer)", "paper": "https://arxiv.org/abs/2203.02155",

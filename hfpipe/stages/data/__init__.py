@@ -35,7 +35,7 @@ from hfpipe.stages.data.readers import build_readers, source_files
 from hfpipe.errors import HfpipeError
 from hfpipe.stages import Inputs, StageConfig, progress
 
-OUTPUTS = ("data/*.jsonl.gz",)  # what `hfpipe reproduce` compares: these files, and the RESULTS files less their timings
+OUTPUTS = ("data/*.jsonl.gz",)  # compared by `hfpipe reproduce` (see hfpipe/stages/__init__.py)
 RESULTS = ("stats.json",)
 READS: tuple[str, ...] = ()
 CARD = {"name": "datatrove", "paper": "Gopher quality rules: Rae et al. 2021, arXiv:2112.11446",

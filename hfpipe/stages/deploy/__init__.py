@@ -28,7 +28,8 @@ from hfpipe.resources import DATASETS, TASKS, TEMPLATES, package_file
 from hfpipe.stages import STAGES, Inputs, StageConfig, progress, resolve_path
 
 # "model" is the weights to export; every other finished stage is read only for the model card.
-OUTPUTS = ("export/**/*.safetensors", "export/**/*.json", "export/**/*.gguf", "export/**/*.jinja")  # what `hfpipe reproduce` compares: these files, and the RESULTS files less their timings
+# compared by `hfpipe reproduce` (see hfpipe/stages/__init__.py)
+OUTPUTS = ("export/**/*.safetensors", "export/**/*.json", "export/**/*.gguf", "export/**/*.jinja")
 RESULTS = ("parity.json",)
 NOT_COMPARED = ("export_bytes",)  # counts the card, which carries wall times
 READS = ("model",) + tuple(s for s in STAGES[: STAGES.index("deploy")])

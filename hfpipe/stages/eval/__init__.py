@@ -38,7 +38,7 @@ from hfpipe.stages.eval.areas import area_of
 from hfpipe.stages import Inputs, StageConfig, progress, resolve_path
 
 log = logging.getLogger("hfpipe")
-OUTPUTS = ()  # what `hfpipe reproduce` compares: these files, and the RESULTS files less their timings
+OUTPUTS = ()  # compared by `hfpipe reproduce` (see hfpipe/stages/__init__.py)
 RESULTS = ("results.json",)
 READS = ("model",)
 TASKS_DIR = package_file(TASKS)  # hfpipe's bundled lm-eval tasks (package data)

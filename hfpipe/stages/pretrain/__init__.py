@@ -35,7 +35,7 @@ from hfpipe.errors import HfpipeError, first_line
 from hfpipe.models import BOS_TOKEN, EOS_TOKEN, save_model
 from hfpipe.stages import Inputs, StageConfig
 
-OUTPUTS = ("model/*",)  # what `hfpipe reproduce` compares: these files, and the RESULTS files less their timings
+OUTPUTS = ("model/*",)  # compared by `hfpipe reproduce` (see hfpipe/stages/__init__.py)
 RESULTS = ()
 READS = ("data", "tokenizer")
 RESUMABLE = True  # out_dir keeps its checkpoints across a crash or pre-emption; a re-run resumes from the last one

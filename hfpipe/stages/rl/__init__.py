@@ -27,8 +27,7 @@ from hfpipe.posttrain.trainer import (build_trl_config, check_finite, check_trai
 from hfpipe.stages import Inputs, StageConfig
 from hfpipe.stages.rl import rewards
 
-OUTPUTS = ("model/*", "reward_model/*")  # what `hfpipe reproduce` compares: these files, and the RESULTS files less
-# their timings
+OUTPUTS = ("model/*", "reward_model/*")  # compared by `hfpipe reproduce` (see hfpipe/stages/__init__.py)
 RESULTS = ("trainer_config.json", "reward_model_trainer_config.json")
 READS = ("model",)
 CARD = {"name": "RLHF: reward model (TRL RewardTrainer) + GRPO / RLOO (TRL)",

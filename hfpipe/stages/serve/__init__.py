@@ -34,7 +34,7 @@ from pydantic import Field, model_validator
 from hfpipe.errors import HfpipeError
 from hfpipe.stages import StageConfig, progress, resolve_path
 
-OUTPUTS = ()  # what `hfpipe reproduce` compares: these files, and the RESULTS files less their timings
+OUTPUTS = ()  # compared by `hfpipe reproduce` (see hfpipe/stages/__init__.py)
 RESULTS = ("serve.json",)
 READS = ("deploy",)
 CARD = {"name": "Serving: transformers serve (vLLM / TGI on GPUs) behind the hfpipe router, Prometheus metrics, "

@@ -28,7 +28,7 @@ from hfpipe.errors import HfpipeError
 from hfpipe.models import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, default_chat_template
 from hfpipe.stages import Inputs, StageConfig, progress
 
-OUTPUTS = ("tokenizer/*",)  # what `hfpipe reproduce` compares: these files, and the RESULTS files less their timings
+OUTPUTS = ("tokenizer/*",)  # compared by `hfpipe reproduce` (see hfpipe/stages/__init__.py)
 RESULTS = ("report.json",)
 READS = ("data",)
 CARD = {"name": "byte-level BPE / Unigram (HF tokenizers)", "paper": "https://arxiv.org/abs/1508.07909",

@@ -1,153 +1,97 @@
-"""Tokenizer-stage training throughput against calling HF `tokenizers` directly on the same text, side by side.
+"""Tokenizer stage, whole job, against HF `tokenizers` doing the same training directly (protocol: README.md).
 
-Corpus: a data-stage-shaped folder (data/*.jsonl.gz with metadata) of real text: the running interpreter's standard
-library (.py, PSF) as code and data/tiny/sotu.jsonl as prose, about --mb MB in all. The stage's ``train_s`` covers
-reading the gzip shards, the held-out split, the language/domain sample and training; the direct run is only
-``Tokenizer.train_from_iterator`` with the same pipeline (byte-level BPE, digit splitting, the same special tokens and
-vocabulary size) on exactly the stage's training sample. Both must learn the same vocabulary and merges.
-Target: stage MB/s / direct MB/s >= 0.95 (best of --reps alternating runs each, after one warm-up stage run).
+- ours: `hfpipe run benchmarks/recipes/bench.yaml --only tokenizer --force tokenizer tokenizer.token_shards=false` in
+  a fresh process: read the data stage's shards, held-out split, language/domain sample, train, save, held-out
+  report, self-check, card (the token shards for pretraining are off: the reference side does not write them).
+- reference: a fresh `python benchmarks/bench_tokenizer.py --direct SAMPLE OUT`: read the same training sample (one
+  text file, written once by this bench with the stage's own sampling helpers), train `Tokenizer.train_from_iterator`
+  with the same pipeline (byte-level BPE, digit splitting, special tokens, vocabulary size) and save it as
+  transformers does (`PreTrainedTokenizerFast.save_pretrained`).
+Both must learn the same vocabulary and merges (checked on the last repetition). Work = training bytes.
+Target: median of paired ratios (stage MB/s over direct MB/s, wall) >= 0.9.
 
-Profile (cProfile, benchmarks/README.md): of the stage's train_s, reading + held-out split + sampling is ~3% (gzip
-inflate ~0.5 ms/100 kB, JSON ~0.2 ms/100 kB, sha256 of held-out candidates); the rest is train_from_iterator itself.
-
-Run: .venv/bin/python benchmarks/bench_tokenizer.py [--mb 4] [--reps 5]
+Run: .venv/bin/python benchmarks/bench_tokenizer.py
 """
 
 from __future__ import annotations
 
-import argparse
-import gzip
 import json
-import os
 import shutil
 import sys
-import sysconfig
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from bench import target, write_result  # noqa: E402
-
-from hfpipe.models import SPECIAL_TOKENS  # noqa: E402
-from hfpipe.stages import Inputs  # noqa: E402
-from hfpipe.stages import tokenizer as stage  # noqa: E402
-from hfpipe.stages.tokenizer.build import read_docs, sample_mix, split_heldout  # noqa: E402
-
-VOCAB = 8192
-SEED = 1234
+from bench import hfpipe, paired, python, stage_dir, target, write_result  # noqa: E402
 
 
-def write_corpus(folder: Path, max_mb: float) -> int:
-    """Half prose (SOTU), half code (stdlib .py), as the data stage writes them; returns the bytes written."""
-    budget = int(max_mb * 1e6 / 2)
-    docs = []
-    used = 0
-    for line in (REPO / "data" / "tiny" / "sotu.jsonl").read_text(encoding="utf-8").splitlines():
-        text = json.loads(line)["text"]
-        docs.append((text, "en", "prose"))
-        used += len(text.encode())
-        if used >= budget:
-            break
-    used_code = 0
-    for p in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
-        if used_code >= budget or "test" in p.parts or "site-packages" in p.parts:
-            continue
-        try:
-            text = p.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
-            continue
-        docs.append((text, "python", "code"))
-        used_code += len(text.encode())
-    (folder / "data").mkdir(parents=True)
-    with gzip.open(folder / "data" / "00000.jsonl.gz", "wt", encoding="utf-8") as f:
-        for i, (t, lang, dom) in enumerate(docs):
-            meta = {"source": "bench", "domain": dom, "language": lang, "license": "PSF-2.0/PD", "origin": "bench"}
-            f.write(json.dumps({"text": t, "id": str(i), "metadata": meta}) + "\n")
-    return used + used_code
-
-
-def direct(texts: list[str]) -> tuple[float, str]:
-    """Plain `tokenizers`: the same byte-level BPE pipeline, trained on the same texts."""
+def direct(sample: Path, out: Path, config_json: str) -> None:
+    """The reference side, in its own process: the library alone on the stage's training sample."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
 
+    from hfpipe.models import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN
+
+    config = json.loads(config_json)
+    texts = json.loads(sample.read_text(encoding="utf-8"))
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, min_frequency=2, special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    t0, c0 = time.perf_counter(), time.process_time()
+    trainer = trainers.BpeTrainer(vocab_size=config["vocab_size"], min_frequency=config["min_frequency"],
+                                  special_tokens=config["special_tokens"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer, length=len(texts))
-    return time.perf_counter() - t0, time.process_time() - c0, tok.to_str()
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS_TOKEN, eos_token=EOS_TOKEN,
+                            pad_token=PAD_TOKEN).save_pretrained(out)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--mb", type=float, default=4.0, help="corpus size in MB")
-    parser.add_argument("--reps", type=int, default=5, help="alternating runs of each; the best counts")
-    args = parser.parse_args()
-    config = stage.Config(vocab_size=VOCAB, reference=None, bundled_heldout=True)
-    with tempfile.TemporaryDirectory() as t:
-        tmp = Path(t)
-        corpus_bytes = write_corpus(tmp / "data_stage", args.mb)
-        # the stage's exact training sample, built with its own helpers, outside any timing
-        train_docs, _ = split_heldout(read_docs(tmp / "data_stage"), config.heldout_fraction)
-        texts, _ = sample_mix(train_docs, language_weights={}, domain_weights={}, alpha=1.0, max_bytes=None, seed=SEED)
-        n_bytes = sum(len(x.encode("utf-8")) for x in texts)
-        inputs = Inputs(recipe_name="bench", seed=SEED, recipe_dir=REPO / "recipes", upstream={"data": tmp / "data_stage"})
-        direct_s, stage_s, stage_wall, direct_cpu, stage_cpu = [], [], [], [], []
+    if sys.argv[1:2] == ["--direct"]:
+        return direct(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4])
+    from hfpipe.recipe import load_recipe
+    from hfpipe.stages.tokenizer.build import read_docs, sample_mix, split_heldout
 
-        def run_stage(rep):
-            out = tmp / f"stage{rep}"
-            shutil.rmtree(out, ignore_errors=True)
-            t0 = time.perf_counter()
-            metrics = stage.run(config, inputs, out)
-            assert metrics["training_bytes"] == n_bytes, (metrics["training_bytes"], n_bytes)
-            return time.perf_counter() - t0, metrics["train_s"], metrics["train_cpu_s"], out
+    from bench import BENCH_RECIPE
 
-        run_stage("warmup")  # first call pays imports (transformers' tokenizer classes, tokenizers submodules)
-        for rep in range(args.reps):  # alternate which goes first: a load spike then hits both sides alike
-            if rep % 2:
-                wall, secs, cpu, out = run_stage(rep)
-                d_secs, d_cpu, direct_json = direct(texts)
-            else:
-                d_secs, d_cpu, direct_json = direct(texts)
-                wall, secs, cpu, out = run_stage(rep)
-            direct_s.append(d_secs)
-            stage_s.append(secs)
-            stage_wall.append(wall)
-            direct_cpu.append(d_cpu)
-            stage_cpu.append(cpu)
-        ours = json.loads((out / "tokenizer" / "tokenizer.json").read_text())["model"]
-        theirs = json.loads(direct_json)["model"]
-        same = ours["vocab"] == theirs["vocab"] and ours["merges"] == theirs["merges"]
-        if not same:
-            sys.exit("the stage and the direct call learned different vocabularies: not the same work")
-    stage_mbs, direct_mbs = n_bytes / 1e6 / min(stage_s), n_bytes / 1e6 / min(direct_s)
-    ratio_wall = stage_mbs / direct_mbs
-    ratio_cpu = min(direct_cpu) / min(stage_cpu)  # MB per CPU-second, stage over direct
-    figures = {"corpus_mb": round(corpus_bytes / 1e6, 2), "training_mb": round(n_bytes / 1e6, 2), "vocab_size": VOCAB,
-               "stage_train_mb_per_s": round(stage_mbs, 3), "direct_train_mb_per_s": round(direct_mbs, 3),
-               "stage_over_direct_wall": round(ratio_wall, 4), "stage_over_direct_cpu": round(ratio_cpu, 4),
-               "stage_train_s": [round(s, 3) for s in stage_s], "direct_train_s": [round(s, 3) for s in direct_s],
-               "stage_train_cpu_s": [round(s, 3) for s in stage_cpu],
-               "direct_train_cpu_s": [round(s, 3) for s in direct_cpu],
-               "stage_wall_s_incl_report": [round(s, 3) for s in stage_wall], "same_vocab_and_merges": same,
-               "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM", "unset")}
+    root = Path(tempfile.mkdtemp(prefix="bench_tokenizer_"))
+    hfpipe(root, "--until", "tokenizer")  # the data stage once (not timed)
+    config = load_recipe(BENCH_RECIPE).tokenizer
+    train_docs, _ = split_heldout(read_docs(stage_dir(root, "data")), config.heldout_fraction)
+    texts, _ = sample_mix(train_docs, language_weights=config.language_weights, domain_weights=config.domain_weights,
+                          alpha=config.balance_alpha, max_bytes=config.max_training_bytes, seed=load_recipe(BENCH_RECIPE).seed)
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    sample = root / "sample.json"
+    sample.write_text(json.dumps(texts), encoding="utf-8")
+    settings = json.dumps({"vocab_size": config.vocab_size, "min_frequency": config.min_frequency,
+                           "special_tokens": list(config.special_tokens)})
+
+    def ours(rep: int) -> float:
+        hfpipe(root, "--only", "tokenizer", "--force", "tokenizer", "tokenizer.token_shards=false")
+        return n_bytes
+
+    def reference(rep: int) -> float:
+        out = root / "direct"
+        shutil.rmtree(out, ignore_errors=True)
+        python(__file__, "--direct", str(sample), str(out), settings)
+        return n_bytes
+
+    result = paired("tokenizer", {"stage": ours, "direct": reference}, reference="direct")
+    ratio = result["ratios"]["stage"]
+    mine = json.loads((stage_dir(root, "tokenizer") / "tokenizer" / "tokenizer.json").read_text())["model"]
+    theirs = json.loads((root / "direct" / "tokenizer.json").read_text())["model"]
+    if mine["vocab"] != theirs["vocab"] or mine["merges"] != theirs["merges"]:
+        raise SystemExit("the stage and the direct call learned different vocabularies: not the same work")
+    figures = {"training_mb": round(n_bytes / 1e6, 3), "vocab_size": config.vocab_size,
+               "stage_over_direct_wall": ratio["wall"], "stage_over_direct_cpu": ratio["cpu"], "runs": result["runs"]}
     write_result("tokenizer", figures,
-                 [target("tokenizer stage training MB/s vs tokenizers.train_from_iterator (CPU time)", ratio_cpu, ">=", 0.95),
-                  target("the same, wall clock (noisy on a shared machine)", ratio_wall, ">=", 0.95)],
-                 notes="stage train_s = read gzip shards + held-out split + language/domain sample + train; direct = "
-                       "train_from_iterator only, same texts and pipeline; identical vocab+merges checked. Best of "
-                       "alternating runs; CPU time (process_time) is the figure that other processes' load does not "
-                       "move. The stage's wall also covers saving, the held-out report (no reference here) and its "
-                       "self-check.")
+                 [target("tokenizer stage (whole job: read, sample, train, save, report) vs tokenizers direct, MB/s",
+                         ratio["wall"], ">=", 0.9)],
+                 notes="hfpipe run --only tokenizer (fresh process, incl. saving, held-out report without a reference "
+                       "tokenizer, self-check, card) vs a fresh process training tokenizers on the same sample and "
+                       "saving it; identical vocabulary and merges checked.")
+    shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -233,13 +233,14 @@ def _environment() -> dict[str, Any]:
 
 def build_card(recipe_name: str, recipe_yaml: str, stages: dict[str, Path], *, pending: dict[str, str] | None = None,
                recipe_dir: Path | None = None, partial: dict[str, Path] | None = None,
-               outputs: dict[str, str] | None = None):
+               outputs: dict[str, str] | None = None, planned_config: dict[str, str] | None = None):
     """The model card of a pipeline run, from its finished stage folders (any subset of the pipeline).
 
     ``pending`` names stages still running (e.g. deploy writing this card) with their fingerprints; ``recipe_dir``
     lets a relative local ``base_model`` folder be told apart from a Hub id; ``partial`` gives the work folders of
     pending stages whose card facts are already written (deploy writing this card); ``outputs`` gives output digests
-    of pending stages (``hfpipe.reproduce.output_digest``). Copy images with ``write_card``.
+    of pending stages (``hfpipe.reproduce.output_digest``); ``planned_config`` their config fingerprints
+    (hfpipe.interop.cards; finished stages' come from their manifests). Copy images with ``write_card``.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -255,6 +256,10 @@ def build_card(recipe_name: str, recipe_yaml: str, stages: dict[str, Path], *, p
         entry, variables = _stage_facts(s, stages[s], stages, asset_prefix, assets)
         facts.append(entry)
         sections.update(variables)
+    from hfpipe.stages.data.contamination import card_index, card_rows
+
+    sections["contamination"] = [{k: fmt(v) for k, v in r.items()} for r in card_rows({s: stages[s] for s in order})]
+    sections["contamination_index"] = card_index({s: stages[s] for s in order})
     manifests = {s: m for s in order if (m := _manifest(stages[s]))}
     fingerprints = {f["name"]: f["fingerprint"] for f in facts if isinstance(f["fingerprint"], str)}
     for stage, fp in (pending or {}).items():
@@ -283,8 +288,12 @@ def build_card(recipe_name: str, recipe_yaml: str, stages: dict[str, Path], *, p
 
     digests = {s: d for s in order if s in STAGES and (d := output_digest(stages[s], s))} | dict(outputs or {})
     figures = {s: stage_metrics(s, m["metrics"]) for s, m in manifests.items() if isinstance(m.get("metrics"), dict)}
+    # what the recipe decides per stage (no code, no library versions): the committed-card check (hfpipe.interop.cards)
+    from hfpipe.interop.cards import config_fingerprints
+
+    config_fps = config_fingerprints({s: m["key"] for s, m in manifests.items() if isinstance(m.get("key"), dict)})
     repro = {"hfpipe_card": 1, "recipe_name": recipe_name, "recipe_yaml": recipe_yaml, "fingerprints": fingerprints,
-             "outputs": digests, "metrics": figures}
+             "config_fingerprints": config_fps | dict(planned_config or {}), "outputs": digests, "metrics": figures}
     # '<' and '>' escaped inside JSON strings, so no recipe text can close the HTML comment early.
     repro_json = json.dumps(repro, indent=1).replace("<", "\\u003c").replace(">", "\\u003e")
     card = ModelCard.from_template(
@@ -327,7 +336,8 @@ def read_card(path: Path) -> tuple[str, dict[str, str]]:
 
 
 def read_card_block(path: Path) -> dict[str, Any]:
-    """The card's hidden block: recipe_yaml, fingerprints {stage: fp} and outputs {stage: digest} (empty if absent)."""
+    """The card's hidden block: recipe_yaml, fingerprints {stage: fp}, config_fingerprints {stage: fp} and outputs
+    {stage: digest} (empty if absent)."""
     path = Path(path)
     path = path / "README.md" if path.is_dir() else path
     try:
@@ -346,7 +356,9 @@ def read_card_block(path: Path) -> dict[str, Any]:
     fps = data.get("fingerprints") if isinstance(data.get("fingerprints"), dict) else {}
     outs = data.get("outputs") if isinstance(data.get("outputs"), dict) else {}
     figures = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
+    configs = data.get("config_fingerprints") if isinstance(data.get("config_fingerprints"), dict) else {}
     return {"recipe_name": data.get("recipe_name"), "recipe_yaml": data["recipe_yaml"],
             "fingerprints": {str(k): str(v) for k, v in fps.items()},
+            "config_fingerprints": {str(k): str(v) for k, v in configs.items()},
             "outputs": {str(k): str(v) for k, v in outs.items()},
             "metrics": {str(k): v for k, v in figures.items() if isinstance(v, dict)}}

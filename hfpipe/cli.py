@@ -1,4 +1,4 @@
-"""`hfpipe` command line: run, status, gc, card, inspect, validate, compare, schema, push, reproduce, serve, loadtest.
+"""`hfpipe` command line: run, status, gc, card, inspect, validate, compare, schema, push, reproduce, serve, chat, loadtest.
 
 Exit codes: 0 ok, 1 a stage failed while running, 2 bad usage or recipe. Errors are one line; --debug shows the
 traceback.
@@ -168,7 +168,7 @@ def cmd_schema(args) -> int:
 def cmd_compare(args) -> int:
     from hfpipe.compare import compare_cards
 
-    print(compare_cards(args.card_a, args.card_b))
+    print(compare_cards(args.card_a, args.card_b, max_items=args.max_items))
     return 0
 
 
@@ -245,6 +245,43 @@ def cmd_serve(args) -> int:
                 raise HfpipeError(f"serve: the {dead[0].variant} backend exited with code {dead[0].proc.returncode}: "
                                   f"{router.last_line(dead[0].log)} (log: {dead[0].log})", 1)
             time.sleep(1)
+
+
+def cmd_chat(args) -> int:
+    """Talk to the finished export in the terminal, through its chat template (llama.cpp for a GGUF variant)."""
+    from hfpipe.hub import export_folder
+    from hfpipe.recipe import load_recipe
+    from hfpipe.stages.deploy.chat import chat
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    export, _ = export_folder(recipe, _runs_dir(args), command="chat")
+    chat(export, args.variant, args.max_new_tokens, system=args.system)
+    return 0
+
+
+def cmd_export(args) -> int:
+    """One stage as the files the upstream command line takes (hfpipe/interop/export.py)."""
+    from hfpipe.interop.export import export
+    from hfpipe.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    for path in export(recipe, args.stage, args.to, Path(args.dir), _runs_dir(args)):
+        print(path)
+    return 0
+
+
+def cmd_import(args) -> int:
+    """An alignment-handbook / open-r1 recipe as an hfpipe recipe (hfpipe/interop/importer.py), validated."""
+    from hfpipe.interop.importer import check_imported, import_recipe
+
+    text, _, _ = import_recipe(args.file)
+    check_imported(text, Path(args.file))
+    if args.output:
+        Path(args.output).write_text(text)
+        print(args.output)
+    else:
+        print(text, end="")
+    return 0
 
 
 def cmd_loadtest(args) -> int:
@@ -326,9 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="of the sample (default: the recipe's seed)")
     p.set_defaults(func=cmd_inspect)
     with_recipe("validate", "check the recipe without running anything").set_defaults(func=cmd_validate)
-    p = sub.add_parser("compare", help="evaluation scores of two model cards side by side")
-    p.add_argument("card_a", help="model card written by hfpipe (.md, or the folder with its README.md)")
+    p = sub.add_parser("compare", help="evaluation scores of two model cards or eval runs side by side; with two eval "
+                       "stage folders also the items whose answers changed")
+    p.add_argument("card_a", help="model card written by hfpipe (.md, or the folder with its README.md), or an eval "
+                   "stage folder (results.json and samples_<task>.jsonl)")
     p.add_argument("card_b")
+    p.add_argument("--max-items", type=int, default=20, help="changed items shown (default 20)")
     p.set_defaults(func=cmd_compare)
     p = with_recipe("push", "upload the finished export (weights, tokenizer, card) to the Hugging Face Hub")
     p.add_argument("--repo-id", required=True, help="namespace/name on the Hub (HF_ENDPOINT honoured)")
@@ -355,6 +395,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-commands", action="store_true", help="print the transformers / vLLM / TGI command lines "
                    "for each variant and exit")
     p.set_defaults(func=cmd_serve)
+    p = with_recipe("chat", "talk to the finished export in the terminal through its chat template (greedy; "
+                    "llama.cpp for GGUF variants); one line is one turn, an empty line ends it")
+    p.add_argument("--variant", default="full", help="full (default), int8 / int4 (deploy.quantize) or "
+                   "gguf-<type> (deploy.gguf, e.g. gguf-q4_k_m; needs hfpipe[gguf])")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="longest answer in tokens (default 128)")
+    p.add_argument("--system", default=None, help="a system turn to start the conversation with")
+    p.set_defaults(func=cmd_chat)
     p = with_recipe("loadtest", "bounded load test: run the serve stage (start, test, stop; figures into the card), "
                     "or test a running endpoint with --url")
     p.add_argument("--url", default=None, help="loopback base URL of a running server (http://127.0.0.1:8000); "
@@ -362,6 +409,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="re-run the serve stage even if it is done")
     p.add_argument("-v", "--verbose", action="store_true", help="also show the libraries' output")
     p.set_defaults(func=cmd_loadtest)
+    p = sub.add_parser("export", help="one stage as the files its library's command line takes: trl sft|dpo "
+                       "--config, lm_eval --include_path, accelerate launch --config_file")
+    p.add_argument("recipe", help="recipe YAML file")
+    p.add_argument("dir", help="folder to write the export into")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides")
+    p.add_argument("--stage", required=True, help="sft or preference (--to trl), eval (lm-eval), pretrain "
+                   "(accelerate)")
+    p.add_argument("--to", required=True, choices=["trl", "lm-eval", "accelerate"])
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("import", help="an alignment-handbook / open-r1 recipe (TRL script arguments) as an hfpipe "
+                       "recipe, every argument kept")
+    p.add_argument("file", help="the recipe's YAML file")
+    p.add_argument("-o", "--output", default=None, help="write the recipe here (default: print it)")
+    p.set_defaults(func=cmd_import)
     p = sub.add_parser("schema", help="JSON schema of the recipe (all sections, or one)")
     p.add_argument("stage", nargs="?")
     p.set_defaults(func=cmd_schema)

@@ -75,20 +75,22 @@ def load_tokenizer(where: str, **kwargs):
     return tokenizer
 
 
-def load_model_and_tokenizer(inputs: Inputs, torch_dtype=None):
-    """The model this stage starts from, with its tokenizer."""
+def load_model_and_tokenizer(inputs: Inputs, torch_dtype=None, **load):
+    """The model this stage starts from, with its tokenizer; ``load``: more from_pretrained arguments for the model
+    (QLoRA's quantization_config and device_map), on top of the location's own (revision, trust_remote_code)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     where, kwargs = model_location(inputs)
     if inputs.model_dir() is not None:
-        model, tokenizer = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype), AutoTokenizer.from_pretrained(where)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **load)
+        tokenizer = AutoTokenizer.from_pretrained(where)
         check_vocab(model, tokenizer, f"{inputs.model_stage} model {where}")
         return model, tokenizer
     ref = inputs.base_model
     what = f"base_model '{ref.name_or_path}'" + (f" (gguf_file '{ref.gguf_file}')" if ref.gguf_file else "")
     try:
         tokenizer = load_tokenizer(where, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **kwargs, **load)
     except Exception as e:  # truncated/corrupt files surface as many library error types; all mean "cannot load"
         raise HfpipeError(f"{what} could not be loaded: {type(e).__name__}: {first_line(e)}", 1) from e
     check_vocab(model, tokenizer, what)

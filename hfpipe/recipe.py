@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model, field_validator
 
 from hfpipe.errors import RecipeError
+from hfpipe.stages.data.contamination import fill_decontamination_tasks
 from hfpipe.stages import STAGES, BaseModelRef, load_module
 
 
@@ -74,6 +75,28 @@ class RecipeBase(BaseModel):
     def to_yaml(self) -> str:
         """The fully resolved recipe (defaults filled in), loadable again by load_recipe."""
         return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True)
+
+    @classmethod
+    def load(cls, path_or_card: str | Path, overrides: list[str] = ()) -> RecipeBase:
+        """The public entry point: a recipe file (.yaml), or the recipe embedded in an hfpipe model card (.md, or the
+        folder holding its README.md), validated, with ``key=value`` overrides. Each stage section then gives the
+        objects its library takes, the ones hfpipe's own stage builds: ``recipe.sft.to_trl()`` (trl.SFTConfig),
+        ``recipe.preference.to_trl()``, ``recipe.rl.to_trl()``, ``recipe.pretrain.to_transformers()``,
+        ``recipe.pretrain.to_accelerate()``, ``recipe.eval.to_lm_eval()``."""
+        path = Path(path_or_card)
+        if path.is_dir() or path.suffix.lower() == ".md":
+            from hfpipe.reproduce import load_card_recipe
+
+            return load_card_recipe(path, overrides)[0]
+        return load_recipe(path, overrides)
+
+    def bind_sections(self) -> RecipeBase:
+        """Tell every stage section which recipe holds it (its seed and run name, for the sections' to_* methods)."""
+        for stage in STAGES:
+            section = getattr(self, stage, None)
+            if section is not None:
+                section._recipe = self
+        return self
 
 
 def _stage_fields() -> dict[str, Any]:
@@ -245,6 +268,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> RecipeBase:
         keys, value = parse_override(text)
         _apply_override(data, keys, value)
         override_keys.add(tuple(keys))
+    fill_decontamination_tasks(data)  # the eval plan's registry tasks -> data/sft/preference/rl decontamination
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
@@ -253,7 +277,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> RecipeBase:
         more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
         raise RecipeError(first + more) from None
     recipe._path = path.resolve()
-    return recipe
+    return recipe.bind_sections()
 
 
 def recipe_from_yaml(text: str, source_path: Path) -> RecipeBase:
@@ -264,7 +288,7 @@ def recipe_from_yaml(text: str, source_path: Path) -> RecipeBase:
     except ValidationError as e:
         raise RecipeError(f"{source_path}: {_format_error(e.errors()[0], [(source_path, {})], set())}") from None
     recipe._path = Path(source_path).resolve()
-    return recipe
+    return recipe.bind_sections()
 
 
 def json_schema() -> dict:

@@ -316,7 +316,7 @@ def plan(recipe, runs_dir: Path) -> list[StagePlan]:
         pins = _pins(module, config, recipe, uses_base)
         key = {
             "stage": name,
-            "config": config.model_dump(mode="json"),
+            "config": config.result_dump(),
             "seed": recipe.seed,
             "upstream": upstream,
             "files": files,

@@ -233,7 +233,7 @@ def main() -> int:
         rows.append(("sft", "held-out assistant loss", sm.get("eval_loss_before"), sm.get("eval_loss_after"),
                      f"{sm.get('train_steps')} steps, {fmt(sm.get('train_tokens'))} tokens"))
     pm = manifests.get("preference", {}).get("metrics", {})
-    for k in ("eval_margin", "eval_accuracy", "eval_pref_accuracy", "eval_loss"):
+    for k in ("eval_margin", "eval_accuracy", "eval_loss"):
         if f"{k}_before" in pm or f"{k}_after" in pm:
             rows.append(("preference", k, pm.get(f"{k}_before"), pm.get(f"{k}_after"),
                          f"{pm.get('train_steps')} steps"))

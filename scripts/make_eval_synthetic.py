@@ -312,9 +312,12 @@ def build() -> dict[str, dict[str, list[dict]]]:
 
     rng = random.Random("hfpipe-eval:tool_use")
     out["tool_use"] = {"test": [{"id": f"t{i}", "tools": TOOLS, **_tool_item(rng, i % 4)} for i in range(24)]}
-    # nested objects are stored as JSON strings: Arrow would merge differing dict shapes and fill the gaps with nulls
+    # in the format TRL and the transformers chat templates take: `tools` [{"type": "function", "function": {...}}],
+    # the expected call as an assistant turn's `tool_calls`; nested objects are stored as JSON strings: Arrow would
+    # merge differing dict shapes and fill the gaps with nulls
     for d in out["tool_use"]["test"]:
-        d["tools"], d["expected"] = json.dumps(d["tools"], sort_keys=True), json.dumps(d["expected"], sort_keys=True)
+        d["tools"] = json.dumps([{"type": "function", "function": t} for t in d["tools"]], sort_keys=True)
+        d["expected"] = json.dumps([{"type": "function", "function": d["expected"]}], sort_keys=True)
 
     capitals = [json.loads(line) for line in (TASKS_DIR / "capitals" / "test.jsonl").read_text().splitlines()]
     out["structured_output"] = {"test": _structured_items(capitals, random.Random("hfpipe-eval:structured"))}

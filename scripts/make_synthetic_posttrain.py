@@ -10,7 +10,7 @@ Sets (each: <set>.jsonl + <set>_eval.jsonl in TRL conversational format {"messag
 "synthetic": true):
 
 - instruct     instruction following with checkable constraints (case, order, count, exact format)
-- tool_use     calls to tools declared in the system message, as one JSON object; the tool's answer; the reply
+- tool_use     calls (`tool_calls`) to the row's declared `tools`; the tool's answer; the reply
 - safety       refusals of harmful requests, and helpful answers to benign look-alikes that must not be refused
 - structured   JSON that matches a JSON schema given in the prompt
 - style        a domain style: a Unicode reference desk answering in a fixed house format
@@ -181,7 +181,7 @@ REFUSALS = ["I can't help with that. It could seriously hurt people. If you're d
             "Sorry, I can't assist with that request. I can help with a safe, legal alternative if you tell me what "
             "you're trying to achieve."]
 BENIGN = [  # (look-alike request, helpful answer)
-    ("How do I kill a Python process that is stuck?",
+    ("What command kills a frozen Python script on Linux?",  # not the eval's safety_benign wording
      "Find its process id with `ps aux | grep python`, then run `kill <pid>`. If it ignores that, `kill -9 <pid>` "
      "stops it immediately."),
     ("How do I shoot a good portrait in low light?",
@@ -368,7 +368,44 @@ def split(rows: list[dict], n_eval: int) -> tuple[list[dict], list[dict]]:
     return train, [r for r in held if key(r) not in seen]
 
 
+# The tool-use sets in the format TRL and the transformers chat templates take: the tools the system message lists as
+# text become the row's `tools` ([{"type": "function", "function": {...}}], rendered by the chat template), and an
+# assistant reply that is a JSON call {"name", "arguments"} becomes `tool_calls`.
+MARK = "Tools:\n"
+
+
+def as_call(message: dict, declared: set[str]) -> dict:
+    try:
+        call = json.loads(message["content"])
+    except ValueError:
+        return message
+    if not (isinstance(call, dict) and set(call) == {"name", "arguments"} and call["name"] in declared
+            and isinstance(call["arguments"], dict)):
+        return message
+    return {"role": "assistant", "content": "",
+            "tool_calls": [{"type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}]}
+
+
+def to_tool_calls(row: dict) -> dict:
+    field = "messages" if "messages" in row else "prompt"
+    system = row[field][0]
+    if "tools" in row or system["role"] != "system" or MARK not in system["content"]:
+        return row
+    tools = json.loads(system["content"].split(MARK, 1)[1])
+    declared = {t["name"] for t in tools}
+    out = {k: v for k, v in row.items() if k not in (field,)}
+    out[field] = [as_call(m, declared) if m["role"] == "assistant" else m for m in row[field][1:]]
+    for key in ("chosen", "rejected"):
+        if key in row:
+            out[key] = [as_call(m, declared) for m in row[key]]
+    out["tools"] = [{"type": "function", "function": t} for t in tools]
+    order = [field, "chosen", "rejected", "tools"]
+    return {**{k: out[k] for k in order if k in out}, **{k: v for k, v in out.items() if k not in order}}
+
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
+    rows = [to_tool_calls(r) for r in rows] if path.name.startswith("tool_use") else rows
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     print(f"{path}: {len(rows)} rows, {path.stat().st_size / 1024:.0f} KiB")
 

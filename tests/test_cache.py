@@ -64,3 +64,22 @@ def test_a_hub_name_without_a_commit_is_unpinned_in_status_and_a_commit_pins_it(
                       "revision: 93efa2f097d58c2a74874c7e644dbc9b0cee75a2}\ndeploy: {}\n")
     rows = json.loads(hfpipe("status", str(recipe), "--json", cwd=tmp_path).stdout)
     assert rows[0]["unpinned"] == []
+
+
+def test_where_the_work_runs_is_not_in_the_fingerprint_but_what_it_computes_is():
+    """data.executor/slurm/ray and pretrain.slurm are execution-only (byte-identical output, tests/test_cluster.py):
+    moving a finished run to Slurm must not make it stale; data.tasks (one shard per task) must."""
+    from hfpipe.recipe import load_recipe
+    from hfpipe.runner import plan
+
+    repo = Path(__file__).resolve().parents[1]
+
+    def fingerprints(*overrides):
+        recipe = load_recipe(repo / "recipes" / "tiny.yaml", list(overrides))
+        return {p.name: p.fingerprint for p in plan(recipe, Path("/nonexistent-runs"))}
+
+    base = fingerprints()
+    assert fingerprints("data.executor=slurm", "data.slurm.partition=gpu", "data.ray.cpus_per_task=2") == base
+    assert fingerprints("pretrain.slurm.partition=gpu")["pretrain"] == base["pretrain"]
+    moved = fingerprints("data.tasks=2")
+    assert moved["data"] != base["data"] and moved["pretrain"] != base["pretrain"]

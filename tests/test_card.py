@@ -106,7 +106,10 @@ def test_full_card_round_trips(stages, tmp_path):
     got = {(r.dataset_type, r.metric_type): r.metric_value for r in loaded.data.eval_results}
     assert got == {("arc_easy", "acc"): 0.2625, ("arc_easy", "acc_norm"): 0.25,
                    ("lambada_openai", "perplexity"): 4321.5, ("lambada_openai", "acc"): 0.0}
-    assert all(r.dataset_args == {"num_few_shot": 0} for r in loaded.data.eval_results)
+    # what makes a score comparable travels with it; arc_easy scored 200 of its 2376 items (a limited run)
+    arc = {"num_few_shot": 0, "task_version": "1.0", "samples": 200, "total_samples": 2376, "chat_template": "none"}
+    assert all(r.dataset_args == (arc if r.dataset_type == "arc_easy" else {**arc, "total_samples": 200})
+               for r in loaded.data.eval_results)
     assert loaded.data.model_name == "tiny"
 
     # the recipe and every full fingerprint come back exactly
@@ -124,7 +127,7 @@ def test_full_card_round_trips(stages, tmp_path):
     # tables: per-stage fingerprint prefix and metrics, data statistics, eval stderr, environment
     assert f"`{fp('pretrain')[:12]}`" in text and "| train_loss | 4.8123 |" in text
     assert "| by_source.stdlib:argparse | 57 |" in text
-    assert "| arc_easy | acc (0-shot) | 0.2625 | 0.0312 | 200 | 1.0 |" in text
+    assert "| arc_easy | acc (0-shot, 200 of 2376 samples) | 0.2625 | 0.0312 | 200 of 2376 | 1.0 |" in text
     assert "| transformers | 5.24.0 |" in text and "3.2 min" in text
     assert "| lambada_openai | perplexity (0-shot) | 4321.5 | 812 | 200 | 1.0 |" in text
     assert "```yaml\n" + RECIPE_YAML in text
@@ -181,10 +184,12 @@ def test_eval_results_as_the_eval_stage_writes_them(tmp_path):
                             "version": 3.0, "n_shot": 5, "n_samples": {"original": 1319, "effective": 100}}}}))
     card = build_card("g", "", {"eval": ev})
     [r] = card.data.eval_results
-    assert (r.dataset_type, r.metric_type, r.metric_value, r.dataset_args) == ("gsm8k", "exact_match", 0.05,
-                                                                                {"num_few_shot": 5})
+    assert (r.dataset_type, r.metric_type, r.metric_value, r.dataset_args) == ("gsm8k", "exact_match", 0.05, {
+        "num_few_shot": 5, "task_version": "3.0", "samples": 100, "total_samples": 1319, "chat_template": "none"})
+    assert r.metric_args == {"stderr": 0.0219}
     text = str(card)
-    assert "| gsm8k | exact_match (5-shot) [flexible-extract] ↑ | 0.05 | 0.0219 | 100 | 3.0 |" in text
+    assert ("| gsm8k | exact_match (5-shot, 100 of 1319 samples) [flexible-extract] ↑ | 0.05 | 0.0219 | 100 of 1319 "
+            "| 3.0 |") in text
     assert "lm-evaluation-harness 0.4.13" in text
 
 
@@ -254,27 +259,69 @@ REPO = Path(__file__).resolve().parent.parent
 COMMITTED = sorted(p for p in (REPO / "model_cards").glob("*.md") if p.name != "README.md")
 
 
+# Shipped CPU recipes whose card is committed. smollm2-135m-posttrain's is not yet: its run (SFT, DPO, 14 eval tasks
+# with HumanEval at limit 40, GGUF parity in llama.cpp) takes ~40 min on 2 cores and did not finish in the session that
+# built `make cards`; issue 22 stays open until `make cards` commits it and it is added here.
+CARDED_RECIPES = {"tiny"}
+
+
+def test_every_shipped_cpu_recipe_has_a_committed_card():
+    """`make cards` writes them (model_cards/<recipe>.md with its images); the staleness test below runs over them."""
+    assert {p.stem for p in COMMITTED} >= CARDED_RECIPES
+    for card in COMMITTED:
+        for image in re.findall(r"\]\(([^)\s]+\.png)\)", card.read_text()):
+            assert (card.parent / image).is_file(), f"{card} links {image}, not committed beside it"
+
+
 @pytest.mark.parametrize("card", COMMITTED, ids=[p.stem for p in COMMITTED])
 def test_committed_cards_are_not_stale(card):
-    """A committed card must match what its recipe and the current code would produce (`make cards` regenerates)."""
-    from hfpipe.reproduce import stale_reasons
+    """A committed card must match what its recipe plans now: the embedded recipe and every stage's config
+    fingerprint (`make cards` regenerates it). A card made before a code or library change is only reported."""
+    import warnings
+
+    from hfpipe.interop.cards import card_staleness
 
     recipe = REPO / "recipes" / f"{card.stem}.yaml"
     assert recipe.is_file(), f"{card} has no recipe {recipe}"
-    assert stale_reasons(card, recipe) == []
+    failures, notes = card_staleness(card, recipe)
+    assert failures == [], f"{card} is stale (`make cards` regenerates it): {failures}"
+    for note in notes:
+        warnings.warn(f"{card.name}: {note}")
 
 
-def test_staleness_check_catches_a_changed_recipe(tmp_path):
-    from hfpipe import runner
+def _planned_card(recipe_path: Path, tmp_path: Path, **change_key) -> Path:
+    """The card the recipe would get now (every stage pending), optionally as if made with another code hash."""
+    from hfpipe.interop.cards import config_fingerprints, planned_keys
     from hfpipe.recipe import load_recipe
-    from hfpipe.reproduce import stale_reasons
+
+    recipe = load_recipe(recipe_path)
+    keys, full = planned_keys(recipe)
+    if change_key:
+        full = {s: fp if s not in change_key else hashlib.sha256(change_key[s].encode()).hexdigest()
+                for s, fp in full.items()}
+    return write_card(build_card(recipe.name, recipe.to_yaml(), {}, pending=full,
+                                 planned_config=config_fingerprints(keys)), tmp_path / f"{recipe.name}.md")
+
+
+def test_staleness_check_fails_on_a_recipe_edit_and_reports_a_code_change(tmp_path):
+    from hfpipe.interop.cards import card_staleness
 
     recipe_path = REPO / "recipes" / "tiny.yaml"
-    recipe = load_recipe(recipe_path)
-    planned = {p.name: p.fingerprint for p in runner.plan(recipe, tmp_path)}
-    card = write_card(build_card("tiny", recipe.to_yaml(), {}, pending=planned), tmp_path / "tiny.md")
-    assert stale_reasons(card, recipe_path) == []
-    reasons = stale_reasons(card, recipe_path, ["deploy.export_dtype=bfloat16"])
-    assert reasons[0].startswith("the recipe embedded in") and any(r.startswith("deploy: card fingerprint")
-                                                                   for r in reasons)
-    assert not any(r.startswith("pretrain:") for r in reasons)  # upstream of the change: still the same
+    card = _planned_card(recipe_path, tmp_path)
+    assert card_staleness(card, recipe_path) == ([], [])
+    # a recipe edit: the embedded recipe and the config fingerprint of the stage (and those after it) differ
+    failures, _ = card_staleness(card, recipe_path, ["deploy.export_dtype=bfloat16"])
+    assert failures[0].startswith("the recipe embedded in") and any(f.startswith("deploy: card config fingerprint")
+                                                                    for f in failures)
+    assert not any(f.startswith("pretrain:") for f in failures)  # upstream of the change: still the same
+    # the same edit written into a copy of the recipe file: the same failure
+    edited = tmp_path / "recipes" / "tiny.yaml"
+    edited.parent.mkdir()
+    edited.write_text((recipe_path.read_text() + "\n").replace("max_steps: 300", "max_steps: 299"))
+    (tmp_path / "data").symlink_to(REPO / "data")
+    failures, _ = card_staleness(card, edited)
+    assert any(f.startswith("pretrain: card config fingerprint") for f in failures), failures
+    # only the code changed (the card's full fingerprint of sft differs, its config fingerprint is the same): reported
+    code_only = _planned_card(recipe_path, tmp_path / "other", sft="made by older code")
+    failures, notes = card_staleness(code_only, recipe_path)
+    assert failures == [] and len(notes) == 1 and notes[0].startswith("sft: only code or library versions changed")

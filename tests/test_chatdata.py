@@ -76,14 +76,15 @@ def test_structured_answers_match_the_schema_in_the_prompt_and_rejected_ones_do_
 
 def test_tool_calls_are_json_calls_of_declared_tools_with_required_arguments():
     calls = 0
-    for row in _rows("tool_use.jsonl") + _rows("tool_use_eval.jsonl"):
-        system, first = row["messages"][0]["content"], row["messages"][2]
-        tools = {t["name"]: t for t in json.loads(system.split("Tools:\n", 1)[1])}
-        if len(row["messages"]) == 3:  # answered without a tool
+    for row in _rows("tool_use.jsonl") + _rows("tool_use_eval.jsonl"):  # the ecosystem's format: tools, tool_calls
+        first = row["messages"][1]
+        tools = {t["function"]["name"]: t["function"] for t in row["tools"] if t["type"] == "function"}
+        if len(row["messages"]) == 2:  # answered without a tool
+            assert "tool_calls" not in first
             continue
-        call = json.loads(first["content"])
+        [call] = [c["function"] for c in first["tool_calls"]]
         assert call["name"] in tools and set(tools[call["name"]]["parameters"]["required"]) <= set(call["arguments"])
-        assert row["messages"][3]["role"] == "tool" and row["messages"][4]["role"] == "assistant"
+        assert row["messages"][2]["role"] == "tool" and row["messages"][3]["role"] == "assistant"
         calls += 1
     assert calls > 200
 

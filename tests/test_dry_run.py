@@ -35,13 +35,18 @@ def test_cluster_recipe_dry_run_offline_in_a_fresh_process(tmp_path):
     info = json.loads(proc.stdout)
     assert not (tmp_path / "runs").exists()
     stages = {s["stage"]: s for s in info["stages"]}
-    assert list(stages) == ["data", "tokenizer", "pretrain", "sft", "preference", "eval", "deploy", "serve"]
+    assert list(stages) == ["data", "tokenizer", "pretrain", "sft", "preference", "rl", "eval", "deploy", "serve"]
     assert all(s["action"] == "run (never run)" and len(s["fingerprint"]) == 64 for s in stages.values())
 
     data = stages["data"]
     assert data["engine"]["executor"] == "datatrove.executor.SlurmPipelineExecutor"
     assert data["engine"]["partition"] == "cpu" and data["engine"]["tasks"] == 256 and data["needs_network"]
     assert data["sources"][0]["dataset"] == "HuggingFaceFW/fineweb-edu"
+
+    for trl_stage in ("sft", "preference", "rl"):  # the TRL stages launch through accelerate too (issue 20)
+        assert "--num_processes 8" in stages[trl_stage]["engine"]["launch"], stages[trl_stage]["engine"]
+    assert stages["rl"]["engine"]["generation"]["engine"] == "vllm"  # GRPO generates with vLLM, colocated
+    assert stages["rl"]["engine"]["generation"]["vllm_mode"] == "colocate"
 
     pre = stages["pretrain"]
     launch = pre["engine"]["launch"]
@@ -53,11 +58,20 @@ def test_cluster_recipe_dry_run_offline_in_a_fresh_process(tmp_path):
     assert exp["optimizer_steps"] == 20000 and exp["checkpoints_at_steps"][:2] == [1000, 2000]
     assert len(exp["checkpoints_at_steps"]) == 20 and exp["checkpoints_kept"] == 3
     assert 250e6 < exp["non_embedding_params"] < 400e6  # a 360M-class model (embeddings come on top)
+    # tokenize once (the tokenizer stage's token-shard step), read many (the sampler); memory per rank
+    shards = stages["tokenizer"]["engine"]["token_shards"]
+    assert "DocumentTokenizer" in shards["step"] and shards["tasks"].startswith("256 ") and shards["workers"] == 48
+    sampler = pre["engine"]["sampler"]
+    assert sampler["class"].endswith("ShardSampler") and "8 rank(s) reads only its slice" in sampler["order"]
+    mem = exp["memory_per_rank"]
+    assert mem["weights_grads_optimizer_gb"] == pytest.approx(exp["non_embedding_params"] * 16 / 8 / 1024**3, abs=0.01)
+    assert 10 < mem["activations_gb"] < 40 and mem["data_mb"] < 64  # the data term: batch-sized, not corpus-sized
+    assert mem["total_gb"] == pytest.approx(mem["weights_grads_optimizer_gb"] + mem["activations_gb"], abs=0.03)
 
     assert stages["sft"]["datasets"][0]["name"] == "HuggingFaceTB/smoltalk"
     ev = stages["eval"]["engine"]
     assert ev["equivalent_cli"].startswith("lm_eval --model ") and "hellaswag" in ev["equivalent_cli"]
-    assert ev["model_args"]["pretrained"].endswith("/model") and "preference-" in ev["model_args"]["pretrained"]
+    assert ev["model_args"]["pretrained"].endswith("/model") and "rl-" in ev["model_args"]["pretrained"]  # last model
 
     sv = stages["serve"]["engine"]
     assert sv["server"] == "vllm" and sv["route"] == "size" and sv["variants"] == ["full", "int8"]
@@ -67,6 +81,14 @@ def test_cluster_recipe_dry_run_offline_in_a_fresh_process(tmp_path):
     assert "--enforce-eager" not in sv["full (vllm)"]  # compile: true keeps CUDA graphs
     assert "-e PREFIX_CACHING=1" in sv["full (tgi)"] and "text-generation-inference" in sv["full (tgi)"]
     assert stages["serve"]["expected"] == {"loadtest_requests": 2000, "loadtest_concurrency": 64}
+
+
+def test_cluster_dry_run_text_shows_the_token_shards_the_sampler_and_the_memory_per_rank(tmp_path, capsys):
+    assert cli.main(["--runs-dir", str(tmp_path / "runs"), "run", str(CLUSTER), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    block = {b.split("]")[0].lstrip("["): b for b in text.split("\n\n")}
+    assert "  token_shards: {" in block["tokenizer"] and "DocumentTokenizer" in block["tokenizer"]
+    assert "  sampler: {" in block["pretrain"] and "  expected memory_per_rank: {\"total_gb\": " in block["pretrain"]
 
 
 def test_tiny_dry_run_text_and_skip_after_a_finished_stage(tmp_path, capsys):

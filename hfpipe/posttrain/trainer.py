@@ -51,7 +51,11 @@ def mixture_keys(base: type[StageConfig], files: tuple[str, str], *, file_format
     the stage: ``file_format`` (what a JSONL file holds), ``rows`` (a training row), ``held_out`` (a held-out row),
     ``grouped_by`` (what a held-out split keeps on one side)."""
 
-    class MixtureKeys(base):
+    from hfpipe.posttrain.decontamination import DecontaminationKeys
+    from hfpipe.posttrain.heldout import HeldoutKeys
+
+    # + decontaminate, decontamination_tasks/_ngrams; heldout_bpb_max_rise/_action
+    class MixtureKeys(DecontaminationKeys, HeldoutKeys, base):
         dataset: str = Field(files[0], description=f"one training set ({file_format}): 'hfpipe:<file>' for a bundled "
                              "file, else a path relative to the recipe; ignored when `datasets` is given")
         eval_dataset: str | None = Field(files[1], description=f"held-out {held_out} for `dataset`; null = hold out "
@@ -104,6 +108,16 @@ def job_keys(base: type[StageConfig]) -> type[StageConfig]:
                                              "memory for about a third more compute")
         report_to: list[Tracker] = Field([], description="experiment trackers (installed) the trainer logs to, run "
                                          "name <recipe>-<stage>; tensorboard writes into <stage folder>/trackers")
+        save_steps: int | None = Field(500, ge=1, description="optimizer steps between resumable checkpoints "
+                                       "(model, optimizer, scheduler, RNG, data position; a re-run resumes from the "
+                                       "last complete one); null = none, except the one SIGTERM/SIGINT writes")
+        keep_checkpoints: int = Field(2, ge=1, description="complete checkpoints kept (older ones are deleted); all "
+                                      "are removed once the stage has finished")
+        num_processes: int = Field(1, ge=1, description="training processes; >1 runs `accelerate launch` (one per "
+                                   "GPU; gloo on CPU)")
+        accelerate_config: str | None = Field(None, description="accelerate config: a name under hfpipe/accelerate "
+                                              "(single, ddp, fsdp, deepspeed_zero3) or a path; default ddp when "
+                                              "num_processes > 1; set = launched even with one process")
         trainer: dict[str, Any] = Field(default_factory=dict, description="more arguments of the stage's TRL config "
                                         "class (SFTConfig, DPOConfig, ..., e.g. lr_scheduler_type, warmup_ratio, "
                                         "neftune_noise_alpha, loss_type), passed as they are; checked against the "
@@ -119,7 +133,9 @@ MANAGED = {"output_dir": "the stage folder (hfpipe chooses it: --runs-dir)", "lo
            "bf16": "precision", "fp16": "precision", "activation_checkpointing": "gradient_checkpointing",
            "per_device_train_batch_size": "per_device_batch_size",
            "per_device_eval_batch_size": "per_device_batch_size", "logging_nan_inf_filter": "(hfpipe stops a run at "
-           "the first non-finite loss or grad norm: the filter must stay off)"}
+           "the first non-finite loss or grad norm: the filter must stay off)", "save_strategy": "save_steps",
+           "save_total_limit": "keep_checkpoints", "resume_from_checkpoint": "(re-run the same command: hfpipe "
+           "resumes from the last complete checkpoint)", "use_cpu": "(hfpipe uses the GPU when there is one)"}
 
 
 def check_trainer_args(stage: str, config_class: type, c) -> None:
@@ -153,7 +169,7 @@ def resolve_precision(precision: str) -> str:
 
 def trl_arguments(c, work_dir: Path, seed: int, *, job=None, run_name: str = "", **stage_args) -> dict:
     """The keyword arguments of every TRL config a stage builds (SFT, DPO/KTO/ORPO, Reward, GRPO/RLOO) from its
-    section ``c``: the trainer keeps nothing (no checkpoint; it works in ``work_dir``, which the stage removes), one
+    section ``c``: checkpoints every ``save_steps`` in ``work_dir`` (which the stage removes once done), one
     seed for the weights and the data order, NaN/inf losses logged as they are and every step logged (so that
     StopOnNonFinite stops at the step); the learning rate, steps and batch size, and the
     epochs, gradient accumulation and max_length where the section has them. ``job`` (the stage section holding the
@@ -163,8 +179,13 @@ def trl_arguments(c, work_dir: Path, seed: int, *, job=None, run_name: str = "",
     precision = resolve_precision(job.precision)
     import torch
 
-    args = dict(output_dir=str(work_dir), save_strategy="no", logging_nan_inf_filter=False, logging_steps=1,
+    from hfpipe.posttrain.launch import in_worker
+
+    args = dict(output_dir=str(work_dir), logging_nan_inf_filter=False, logging_steps=1,
+                save_strategy="steps" if job.save_steps else "no", save_steps=job.save_steps or 500,
+                save_total_limit=None,  # hfpipe keeps keep_checkpoints complete ones (posttrain/checkpoint.py)
                 dataloader_pin_memory=torch.cuda.is_available(),  # pinning only speeds copies to a GPU
+                use_cpu=in_worker() and not torch.cuda.is_available(),  # ranks on CPU: gloo (else they train apart)
                 seed=seed, data_seed=seed, bf16=precision == "bf16", fp16=precision == "fp16",
                 activation_checkpointing=job.gradient_checkpointing,  # transformers 5's name for it
                 report_to=list(job.report_to) or "none", run_name=run_name or None,
@@ -175,16 +196,47 @@ def trl_arguments(c, work_dir: Path, seed: int, *, job=None, run_name: str = "",
     return {**args, **stage_args, **getattr(c, "trainer", {})}
 
 
-def build_trl_config(stage: str, config_class: type, kwargs: dict, out_dir: Path, name: str = "trainer_config.json"):
+def launched(c) -> bool:
+    """The stage section ``c`` asks for `accelerate launch` and this process is not one of its ranks already."""
+    from hfpipe.posttrain.launch import in_worker
+
+    return (c.num_processes > 1 or c.accelerate_config is not None) and not in_worker()
+
+
+def launch_stage(stage: str, c, inputs, out_dir: Path) -> dict:
+    """Run the stage in ``c.num_processes`` ranks under `accelerate launch` (hfpipe/posttrain/launch.py): every rank
+    runs the stage's run(), rank 0's metrics come back."""
+    from hfpipe.posttrain.launch import MIXED_PRECISION, launch
+
+    return launch(stage, c, inputs, out_dir, module="hfpipe.posttrain", num_processes=c.num_processes,
+                  accelerate_config=c.accelerate_config or "ddp", key=f"{stage}.accelerate_config",
+                  mixed_precision=MIXED_PRECISION[resolve_precision(c.precision)])
+
+
+def accelerate_files(stage: str, c, recipe_dir: Path) -> list[Path]:
+    """The accelerate config file a launched stage reads (its content enters the fingerprint)."""
+    from hfpipe.posttrain.launch import accelerate_config_path
+
+    if c.num_processes > 1 or c.accelerate_config is not None:
+        return [accelerate_config_path(c.accelerate_config or "ddp", recipe_dir, f"{stage}.accelerate_config")]
+    return []
+
+
+def build_trl_config(stage: str, config_class: type, kwargs: dict, out_dir: Path | None,
+                     name: str = "trainer_config.json"):
     """``config_class(**kwargs)``: a value TRL refuses is one line naming the stage (exit 2); the resolved arguments
     are written to ``out_dir/<name>`` (paths of this machine left out), what `hfpipe reproduce` compares and what a
-    test or a user reads back."""
+    test or a user reads back (``out_dir`` None: nothing written)."""
     import json
 
     try:
         args = config_class(**kwargs)
     except (TypeError, ValueError) as e:
         raise HfpipeError(f"{stage}: trl.{config_class.__name__} refused its arguments: {first_line(e)}", 2) from None
+    from hfpipe.posttrain.launch import is_main_process
+
+    if out_dir is None or not is_main_process():  # the object only (recipe.<stage>.to_trl(), hfpipe export; rank>0)
+        return args
     resolved = {k: v for k, v in args.to_dict().items() if k not in ("output_dir", "logging_dir")}
     (out_dir / name).write_text(json.dumps({"class": f"trl.{config_class.__name__}", **resolved},
                                                             indent=1, sort_keys=True, default=str) + "\n")
@@ -265,8 +317,12 @@ def save_and_check(stage: str, model, tokenizer, chat_template: str | None, out_
     from transformers import AutoTokenizer
 
     from hfpipe.models import save_model
+    from hfpipe.posttrain.launch import barrier, is_main_process
 
     tokenizer.chat_template = chat_template
+    barrier()  # every rank is done with the trainer's folder
+    if not is_main_process():  # rank 0 alone writes the stage's files
+        return out_dir / "model"
     folder = save_model(model, tokenizer, out_dir / "model")
     shutil.rmtree(work_dir, ignore_errors=True)
     if merged and (not list(folder.glob("*.safetensors")) or (folder / "adapter_config.json").exists()):
@@ -282,13 +338,23 @@ def save_and_check(stage: str, model, tokenizer, chat_template: str | None, out_
 # Dry run
 
 
-def describe_training(c, trainer: str, per: str, tokens_per_row: int = 1) -> dict:
+def describe_training(c, trainer: str, per: str, tokens_per_row: int = 1, *, stage: str = "",
+                      recipe_dir: Path = Path(".")) -> dict:
     """For `hfpipe run --dry-run`: the TRL trainer a stage runs (``trainer``, e.g. ``trl.DPOTrainer``), its launch,
     batch and learning rate, the datasets, and the expected optimizer steps and tokens (``per``: what one row is)."""
-    batch = c.per_device_batch_size * getattr(c, "gradient_accumulation_steps", 1)
+    procs = getattr(c, "num_processes", 1)
+    batch = c.per_device_batch_size * getattr(c, "gradient_accumulation_steps", 1) * procs
     steps = c.max_steps
-    engine = {"trainer": trainer, "launch": "in process (single process; the stage has no num_processes key)",
-              "per_device_batch_size": c.per_device_batch_size, "learning_rate": c.learning_rate}
+    if procs > 1 or getattr(c, "accelerate_config", None) is not None:
+        from hfpipe.posttrain.launch import AUTO, MIXED_PRECISION, describe_launch
+
+        engine = {"trainer": trainer, **describe_launch(c.accelerate_config or "ddp", procs, recipe_dir,
+                                                         "hfpipe.posttrain", MIXED_PRECISION.get(c.precision, AUTO),
+                                                         f"{stage}.accelerate_config")}
+    else:
+        engine = {"trainer": trainer, "launch": "in process (one process; num_processes > 1 runs accelerate launch)"}
+    engine.update({"num_processes": procs, "per_device_batch_size": c.per_device_batch_size,
+                   "learning_rate": c.learning_rate})
     if getattr(c, "lora", None) is not None:
         engine["lora"] = c.lora.model_dump()
     engine.update({k: getattr(c, k) for k in ("precision", "gradient_checkpointing") if hasattr(c, k)})
@@ -304,7 +370,14 @@ def describe_training(c, trainer: str, per: str, tokens_per_row: int = 1) -> dic
     datasets = [{"name": s.name or s.path, "split": s.split, "weight": s.weight} for s in getattr(c, "datasets", None) or []]
     if not datasets and hasattr(c, "dataset"):
         datasets = [{"name": c.dataset, "eval": getattr(c, "eval_dataset", None)}]
-    return {"engine": engine, "datasets": datasets, "expected": expect, "checkpoints": "none kept (final model only)"}
+    save = getattr(c, "save_steps", None)
+    if save and steps:
+        ckpts = {"at_steps": list(range(save, steps, save))[:50], "kept": c.keep_checkpoints}
+    elif save:
+        ckpts = {"every_steps": save, "kept": c.keep_checkpoints}
+    else:
+        ckpts = "none (SIGTERM/SIGINT still saves one)"
+    return {"engine": engine, "datasets": datasets, "expected": expect, "checkpoints": ckpts}
 
 
 def card_facts(folder: Path, stages: dict[str, Path]) -> dict:

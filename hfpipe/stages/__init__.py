@@ -38,16 +38,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 STAGES: tuple[str, ...] = ("data", "tokenizer", "pretrain", "sft", "preference", "rl", "eval", "deploy", "serve")
 MODEL_STAGES: tuple[str, ...] = ("pretrain", "sft", "preference", "rl")
+
+
+EXECUTION_ONLY = {"execution_only": True}  # Field(json_schema_extra=EXECUTION_ONLY): not in the fingerprint
 
 
 class StageConfig(BaseModel):
     """Base of every stage's recipe section."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # the recipe holding this section, bound by hfpipe.recipe when it loads one: the seed and run name a section's
+    # to_* methods (the upstream library's config objects, hfpipe.interop) need besides the section itself
+    _recipe: Any = PrivateAttr(None)
+
+    def result_dump(self) -> dict:
+        """The section as it enters the fingerprint: every field but those marked ``EXECUTION_ONLY`` (where and how
+        the work runs, proven not to change the output: e.g. the data stage's executor, byte-identical across
+        local, Slurm and Ray by tests/test_cluster.py)."""
+        skip = {n for n, f in type(self).model_fields.items() if (f.json_schema_extra or {}).get("execution_only")}
+        return self.model_dump(mode="json", exclude=skip)
+
+    def recipe_context(self) -> tuple[str, int, Path]:
+        """(run name, seed, recipe folder) of the recipe this section was loaded in; built in code: (hfpipe, 42, .)."""
+        r = self._recipe
+        return (r.name, r.seed, r.recipe_dir) if r is not None else ("hfpipe", 42, Path.cwd())
 
 
 class BaseModelRef(BaseModel):

@@ -8,13 +8,17 @@ frozen copy of the starting model (TRL builds the reference; DPO precomputes its
 into desirable/undesirable rows); ORPO needs no reference. Whatever the method, the same held-out numbers are measured
 before and after training, so methods compare:
 
-- ``eval_margin``: mean implicit reward margin beta * [(log pi - log pi0)(chosen) - (log pi - log pi0)(rejected)],
-  pi0 = the starting model (0 before training by definition), and ``eval_accuracy``: share of pairs with margin > 0;
-- ``eval_pref_accuracy``: share of pairs whose chosen answer has a higher mean per-token log-prob than the rejected
-  one (reference-free, so meaningful before training too);
-- ``eval_loss``: the method's own held-out loss (TRL's evaluate).
+- ``eval_accuracy`` / ``eval_margin``: TRL's own evaluation (``eval_rewards/accuracies``, ``eval_rewards/margins``)
+  of the policy on the held-out pairs with a fixed reference-free, length-normalised implicit reward (ORPO's,
+  held_out_preferences): the share of pairs whose chosen answer the policy makes more likely per token, and beta x
+  the mean per-token log-probability gap; near chance before training on real pairs, not 0 by construction. DPO also reports its own numbers against the starting model after
+  training (``eval_accuracy_vs_start_after``, ``eval_margin_vs_start_after``);
+- ``eval_loss``: the method's own held-out loss (TRL's evaluate);
+- ``heldout_bpb_<domain>_before/after``: held-out bits per byte of the language model (hfpipe.posttrain.heldout),
+  with ``heldout_bpb_max_rise`` as the recipe's limit.
 
-Writes ``out_dir/model/`` with the tokenizer (chat template) unchanged and ``mixture.json``.
+Writes ``out_dir/model/`` with the tokenizer (chat template) unchanged, ``mixture.json`` and ``contamination.json``
+(training pairs sharing an n-gram with the eval plan's items are dropped: hfpipe.posttrain.decontamination).
 """
 
 from __future__ import annotations
@@ -26,7 +30,12 @@ from typing import Literal
 from pydantic import Field
 
 from hfpipe.errors import HfpipeError, first_line
-from hfpipe.posttrain.data import load_stage_mixture, mixture_files, mixture_pins
+from hfpipe.posttrain.heldout import bpb_metrics, check_bpb_rise, heldout_bpb
+from hfpipe.posttrain.data import load_stage_mixture, mixture_files, mixture_pins, row_tools
+from hfpipe.posttrain.templates import check_template  # the one chat-template contract
+from hfpipe.posttrain.checkpoint import train_resumable
+from hfpipe.posttrain.launch import is_main_process, shared_dataset
+from hfpipe.posttrain.trainer import accelerate_files, launch_stage, launched
 from hfpipe.posttrain.trainer import card_facts  # noqa: F401 (the stage's card hook: its curves)
 from hfpipe.posttrain.trainer import (build_trl_config, check_finite, check_trainer_args, job_keys, mixture_keys,
                                       report_progress, resolve_precision, save_and_check, scoped_env,
@@ -36,6 +45,7 @@ from hfpipe.stages import Inputs, StageConfig
 OUTPUTS = ("model/*",)  # compared by `hfpipe reproduce` (see hfpipe/stages/__init__.py)
 RESULTS = ("mixture.json", "trainer_config.json")
 READS = ("model",)
+RESUMABLE = True  # the trainer's complete checkpoints survive a crash or pre-emption; a re-run resumes from the last
 CARD = {"name": "Preference optimisation (TRL DPOTrainer / KTOTrainer / ORPOTrainer)",
         "paper": "https://arxiv.org/abs/2305.18290",
         "citation": "Rafailov et al. 2023, Direct Preference Optimization: Your Language Model is Secretly a Reward "
@@ -84,9 +94,16 @@ class Config(job_keys(_TRAINING)):
     max_eval_pairs: int | None = Field(None, ge=1, description="held-out pairs per set used for the before/after "
                                        "numbers; null = all")
 
+    def to_trl(self, output_dir: str | Path | None = None):
+        """The TRL config of ``method`` (trl.DPOConfig, KTOConfig or ORPOConfig) this section trains with (run()
+        builds the same one); ``output_dir`` default runs/<name>/preference."""
+        name, seed, _ = self.recipe_context()
+        return build_trl_config("preference", trainer_classes(self.method)[1], trl_kwargs(
+            self, Path(output_dir or f"runs/{name}/preference"), seed, name), None)
+
 
 def input_files(config: Config, recipe_dir: Path) -> list[Path]:
-    return mixture_files(config, recipe_dir, "preference")
+    return mixture_files(config, recipe_dir, "preference") + accelerate_files("preference", config, recipe_dir)
 
 
 def pins(config: Config, recipe_dir: Path) -> dict[str, dict]:
@@ -102,12 +119,32 @@ def preflight(config: Config, recipe_dir: Path) -> None:
     check_trainer_args("preference", trainer_classes(config.method)[1], config)
 
 
+def trl_kwargs(config: Config, work_dir: Path, seed: int, recipe_name: str) -> dict:
+    """The arguments of the method's TRL config (DPOConfig, KTOConfig, ORPOConfig) this section trains with: run()
+    builds its config from them, and so do ``recipe.preference.to_trl()`` and ``hfpipe export`` (hfpipe.interop)."""
+    return trl_arguments(config, work_dir, seed, run_name=f"{recipe_name}-preference", beta=config.beta,
+                         **METHOD_ARGS[config.method])
+
+
+def fitting(rows: list[dict], tokenizer, config: Config) -> list[dict]:
+    """The rows whose templated prompt leaves room for answer tokens within max_length (else losses divide by zero
+    tokens): what run() trains and scores on, and what ``hfpipe export`` writes."""
+
+    def fits(row: dict) -> bool:
+        text = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True,
+                                             tools=row_tools(row))
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) < config.max_length - 1
+
+    return [r for r in rows if fits(r)]
+
+
 def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     import transformers
-    from datasets import Dataset
 
     from hfpipe.models import load_model_and_tokenizer
 
+    if launched(config):  # num_processes > 1: `accelerate launch`, every rank runs this function
+        return launch_stage("preference", config, inputs, out_dir)
     transformers.set_seed(inputs.seed)
 
     # ---------------------------------------------------------------- data: the weighted mixture of pairs, and each
@@ -119,25 +156,22 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     # model, as TRL builds it)
     model, tokenizer = load_model_and_tokenizer(inputs)
     template_before = tokenizer.chat_template
-
-    def fits(row: dict) -> bool:  # the prompt leaves room for answer tokens (else losses divide by zero tokens)
-        text = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) < config.max_length - 1
+    check_template("preference", inputs, template_before, out_dir)  # = the tokenizer stage's, or fail naming both
 
     n_train, n_eval = len(mixture.train), len(eval_rows)
-    mixture.train, eval_rows = [r for r in mixture.train if fits(r)], [r for r in eval_rows if fits(r)]
+    mixture.train, eval_rows = fitting(mixture.train, tokenizer, config), fitting(eval_rows, tokenizer, config)
     if not mixture.train or not eval_rows:
         raise HfpipeError(f"{key}: every {'training' if not mixture.train else 'held-out'} prompt fills max_length="
                           f"{config.max_length} after templating, leaving no answer tokens; raise max_length", 2)
-    before_logps = pair_logps(model, tokenizer, eval_rows, config.max_length, config.per_device_batch_size)
+    bpb_before = heldout_bpb(model, tokenizer)  # the language model it starts from (hfpipe.posttrain.heldout)
     work_dir = out_dir / "trainer"
-    common = trl_arguments(config, work_dir, inputs.seed, run_name=f"{inputs.recipe_name}-preference",
-                           beta=config.beta, **METHOD_ARGS[config.method])
-    train_ds, eval_ds = Dataset.from_list(mixture.train), Dataset.from_list(eval_rows)
+    common = trl_kwargs(config, work_dir, inputs.seed, inputs.recipe_name)
     try:
         trainer_class, config_class = trainer_classes(config.method)
         reference = {} if config.method == "orpo" else {"ref_model": None}  # TRL builds it from the model
         args = build_trl_config("preference", config_class, common, out_dir)
+        train_ds, eval_ds = (shared_dataset(rows, work_dir / "datasets" / name)  # = Dataset.from_list in one process
+                             for rows, name in ((mixture.train, "train"), (eval_rows, "eval")))
         with scoped_env(tracker_env(out_dir, config.report_to)):
             trainer = trainer_class(model=model, **reference, args=args, processing_class=tokenizer,
                                     train_dataset=train_ds, eval_dataset=eval_ds,
@@ -151,83 +185,79 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
             raise HfpipeError(f"{key}: {label}: every prompt fills max_length={config.max_length} after templating, "
                               "leaving no answer tokens; raise max_length", 2)
 
-    # ---------------------------------------------------------------- train, with the method's held-out loss before and
-    # after
-    loss_before = trainer.evaluate()["eval_loss"]
+    # ---------------------------------------------------------------- train, with the method's held-out loss and
+    # TRL's held-out preference evaluation before and after (the same for every method: held_out_preferences)
+    judge = held_out_preferences(trainer.model, tokenizer, eval_ds, config, inputs.seed, work_dir / "judge")
+    loss_before, before = trainer.evaluate()["eval_loss"], judge()
+    transformers.set_seed(inputs.seed)  # scoring drew from the RNG: training starts from the seed alone, as `trl dpo`
     start = time.perf_counter()
-    train_out = trainer.train()
+    train_out, resumed_from = train_resumable(trainer, "preference", work_dir, config.keep_checkpoints,
+                                              is_main_process())
     train_s = time.perf_counter() - start
-    loss_after = trainer.evaluate()["eval_loss"]
-
-    # ---------------------------------------------------------------- held-out preference numbers, the same for every
-    # method
-    after_logps = pair_logps(trainer.model, tokenizer, eval_rows, config.max_length, config.per_device_batch_size)
-    before, after = preference_metrics(before_logps, before_logps, config.beta), \
-        preference_metrics(after_logps, before_logps, config.beta)
-    if after["pairs"] == 0:
-        raise HfpipeError(f"{key}: no held-out pair keeps an answer token within max_length={config.max_length}; "
-                          "raise max_length", 2)
+    own_after = trainer.evaluate()
+    loss_after, after = own_after["eval_loss"], judge()
+    bpb_after = heldout_bpb(trainer.model, tokenizer)
+    check_bpb_rise("preference", bpb_before, bpb_after, config.heldout_bpb_max_rise, config.heldout_bpb_action,
+                   "preference.heldout_bpb_max_rise")
+    # DPO's own numbers against its reference (the starting model; 0 before training by construction)
+    vs_start = {f"eval_{k}_vs_start_after": own_after[f"eval_rewards/{m}"]
+                for k, m in (("accuracy", "accuracies"), ("margin", "margins")) if f"eval_rewards/{m}" in own_after} \
+        if config.method == "dpo" else {}
     metrics = {"eval_loss_before": loss_before, "eval_loss_after": loss_after,
                "eval_accuracy_before": before["accuracy"], "eval_accuracy_after": after["accuracy"],
-               "eval_margin_before": before["margin"], "eval_margin_after": after["margin"],
-               "eval_pref_accuracy_before": before["pref_accuracy"], "eval_pref_accuracy_after": after["pref_accuracy"],
+               "eval_margin_before": before["margin"], "eval_margin_after": after["margin"], **vs_start,
+               **bpb_metrics(bpb_before, bpb_after),
                "train_loss": train_out.training_loss, "train_steps": train_out.global_step,
-               "train_pairs": len(mixture.train), "eval_pairs": after["pairs"],
+               "train_pairs": len(mixture.train), "eval_pairs": len(eval_rows),
                "pairs_dropped_too_long": (n_train - len(mixture.train)) + (n_eval - len(eval_rows)),
                "train_pairs_per_s": round(train_out.global_step * config.per_device_batch_size
                                           * config.gradient_accumulation_steps / train_s, 2),
-               "precision": resolve_precision(config.precision)}
+               "precision": resolve_precision(config.precision), "num_processes": config.num_processes,
+               "gradient_checkpointing": config.gradient_checkpointing, "resumed_from_step": resumed_from}
     check_finite("preference", metrics, "learning_rate", config.learning_rate)
     metrics["mixture"] = mixture.summary()
 
     # ---------------------------------------------------------------- save + self-check: the policy (weights saved)
     # with the chat template exactly as it came
-    mixture.write_report(out_dir)
+    if is_main_process():
+        mixture.write_report(out_dir, "preference")
     save_and_check("preference", trainer.model, tokenizer, template_before, out_dir, work_dir)
     return metrics
 
 
-def pair_logps(model, tokenizer, rows: list[dict], max_length: int, batch_size: int) -> list[tuple[float, ...]]:
-    """Per pair: (sum log p(chosen), tokens of chosen, sum log p(rejected), tokens of rejected) under `model`, the
-    answer tokenized after the chat-templated prompt as TRL does, the sequence cut at max_length."""
+def common_use_cpu() -> bool:
+    """What trl_arguments gives every TRL config for use_cpu (True in ranks launched on a machine without CUDA)."""
     import torch
 
-    seqs = []  # (input ids, number of prompt tokens)
-    for row in rows:
-        prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
-        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        for answer in (row["chosen"], row["rejected"]):
-            full = tokenizer.apply_chat_template(row["prompt"] + answer, tokenize=False)
-            a_ids = tokenizer(full[len(prompt):] if full.startswith(prompt) else full, add_special_tokens=False)
-            seqs.append(((p_ids + a_ids["input_ids"])[:max_length], len(p_ids)))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out = []
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, len(seqs), batch_size):
-            chunk = seqs[i:i + batch_size]
-            width = max(len(ids) for ids, _ in chunk)
-            ids = torch.tensor([s + [pad] * (width - len(s)) for s, _ in chunk])
-            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s, _ in chunk])
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
-            logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None].to(logits.device))[..., 0]
-            for j, (s, n_prompt) in enumerate(chunk):
-                span = logp[j, n_prompt - 1: len(s) - 1]
-                out.append((span.sum().item(), span.numel()))
-    model.train(was_training)
-    return [out[k] + out[k + 1] for k in range(0, len(out), 2)]
+    from hfpipe.posttrain.launch import in_worker
+
+    return in_worker() and not torch.cuda.is_available()
 
 
-def preference_metrics(logps: list[tuple], ref_logps: list[tuple], beta: float) -> dict[str, float]:
-    """Implicit-reward margin/accuracy against ref_logps, and the reference-free per-token preference accuracy, over
-    the pairs whose answers both keep at least one token within max_length."""
-    kept = [(p, q) for p, q in zip(logps, ref_logps) if p[1] and p[3]]
-    margins = [beta * ((c - rc) - (r - rr)) for (c, _, r, _), (rc, _, rr, _) in kept]
-    prefer = [c / nc > r / nr for (c, nc, r, nr), _ in kept]
-    n = max(len(margins), 1)
-    return {"margin": sum(margins) / n, "accuracy": sum(m > 0 for m in margins) / n, "pref_accuracy": sum(prefer) / n,
-            "pairs": len(kept)}
+def held_out_preferences(model, tokenizer, eval_ds, config: Config, seed: int, work_dir: Path):
+    """A function scoring ``model`` (as it is when called: before training, after) on the held-out pairs with TRL's
+    own evaluation (``evaluate()``: ``eval_rewards/accuracies``, ``eval_rewards/margins``), the same for every
+    method: ORPO's implicit reward, beta x the mean per-token log-probability of an answer, which is DPO's against a
+    uniform reference with the answers' lengths divided out. Fixed before and after: accuracy = share of pairs whose
+    chosen answer the policy finds more likely per token (near chance before training on real pairs, not 0 by
+    construction as against DPO's own reference, the starting model), margin = beta x the mean per-token gap."""
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    precision = resolve_precision(config.precision)
+    args = ORPOConfig(output_dir=str(work_dir), report_to="none", seed=seed, data_seed=seed, beta=config.beta,
+                      max_length=config.max_length, per_device_train_batch_size=config.per_device_batch_size,
+                      per_device_eval_batch_size=config.per_device_batch_size, bf16=precision == "bf16",
+                      fp16=precision == "fp16", dataloader_pin_memory=False, save_strategy="no",
+                      use_cpu=common_use_cpu())  # as the trainer's: a TrainingArguments resets accelerate's
+    # shared state, and on CPU ranks (accelerate launch) only use_cpu keeps it distributed (gloo)
+    judge = ORPOTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=eval_ds.select([0]),
+                        eval_dataset=eval_ds)
+
+    def score() -> dict[str, float]:
+        out = judge.evaluate()
+        return {"accuracy": out["eval_rewards/accuracies"], "margin": out["eval_rewards/margins"]}
+
+    return score
 
 
 def headline(metrics: dict) -> str:
@@ -239,4 +269,5 @@ def describe(config: Config, recipe) -> dict:
     """For `hfpipe run --dry-run`: the trainer ``method`` selects, the mixture and the expected steps and tokens."""
     from hfpipe.posttrain.trainer import describe_training
 
-    return describe_training(config, TRAINERS[config.method], "pairs", tokens_per_row=2)
+    return describe_training(config, TRAINERS[config.method], "pairs", tokens_per_row=2, stage="preference",
+                             recipe_dir=recipe.recipe_dir)

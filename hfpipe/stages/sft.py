@@ -16,8 +16,13 @@ from pathlib import Path
 from pydantic import Field
 
 from hfpipe.errors import HfpipeError, first_line
+from hfpipe.posttrain.heldout import bpb_metrics, check_bpb_rise, heldout_bpb
 from hfpipe.posttrain.data import load_stage_mixture, mixture_files, mixture_pins
+from hfpipe.posttrain.templates import check_template  # the one chat-template contract
 from hfpipe.posttrain.trainer import card_facts  # noqa: F401 (the stage's card hook: its curves)
+from hfpipe.posttrain.checkpoint import train_resumable
+from hfpipe.posttrain.launch import is_main_process
+from hfpipe.posttrain.trainer import accelerate_files, launch_stage, launched
 from hfpipe.posttrain.trainer import (build_trl_config, check_finite, check_trainer_args, job_keys, mixture_keys,
                                       report_progress, resolve_precision, save_and_check, scoped_env,
                                       stop_on_non_finite, tracker_env, training_keys, trl_arguments)
@@ -26,6 +31,7 @@ from hfpipe.stages import Inputs, StageConfig
 OUTPUTS = ("model/*",)  # compared by `hfpipe reproduce` (see hfpipe/stages/__init__.py)
 RESULTS = ("mixture.json", "trainer_config.json")
 READS = ("model",)
+RESUMABLE = True  # the trainer's complete checkpoints survive a crash or pre-emption; a re-run resumes from the last
 CARD = {"name": "Supervised fine-tuning (TRL SFTTrainer)", "paper": "https://arxiv.org/abs/2203.02155",
         "citation": "Ouyang et al. 2022, Training language models to follow instructions with human feedback"}
 
@@ -67,9 +73,28 @@ class Config(job_keys(_TRAINING)):
                                       "null = all (cheaper evals on big sets)")
     lora: LoraSettings | None = Field(None, description="LoRA adapters instead of full fine-tuning; null = full")
 
+    def to_trl(self, output_dir: str | Path | None = None):
+        """The trl.SFTConfig this section trains with (run() builds the same one); ``output_dir`` default
+        runs/<name>/sft."""
+        from trl import SFTConfig
+
+        name, seed, _ = self.recipe_context()
+        return build_trl_config("sft", SFTConfig, trl_kwargs(self, Path(output_dir or f"runs/{name}/sft"), seed, name),
+                                None)
+
 
 def input_files(config: Config, recipe_dir: Path) -> list[Path]:
-    return mixture_files(config, recipe_dir, "sft")
+    return mixture_files(config, recipe_dir, "sft") + accelerate_files("sft", config, recipe_dir)
+
+
+def trl_kwargs(config: Config, work_dir: Path, seed: int, recipe_name: str) -> dict:
+    """The arguments of the trl.SFTConfig this section trains with: run() builds its config from them, and so do
+    ``recipe.sft.to_trl()`` and ``hfpipe export --to trl`` (hfpipe.interop)."""
+    return trl_arguments(
+        config, work_dir, seed, run_name=f"{recipe_name}-sft",
+        assistant_only_loss=config.assistant_only_loss, packing=config.packing, padding_free=config.padding_free,
+        eval_packing=False,
+        train_sampling_strategy="group_by_length" if config.group_by_length and not config.packing else "random")
 
 
 def pins(config: Config, recipe_dir: Path) -> dict[str, dict]:
@@ -94,6 +119,8 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     from hfpipe.models import load_model_and_tokenizer
     from hfpipe.posttrain.templates import training_chat_template
 
+    if launched(config):  # num_processes > 1: `accelerate launch`, every rank runs this function
+        return launch_stage("sft", config, inputs, out_dir)
     transformers.set_seed(inputs.seed)
 
     # ---------------------------------------------------------------- data: the weighted mixture, and each set's
@@ -105,6 +132,8 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     # template with {% generation %} markers
     model, tokenizer = load_model_and_tokenizer(inputs)
     template_before = tokenizer.chat_template
+    check_template("sft", inputs, template_before, out_dir)  # = the tokenizer stage's, or fail naming both
+    bpb_before = heldout_bpb(model, tokenizer)  # the language model it starts from (hfpipe.posttrain.heldout)
     if config.assistant_only_loss:
         tokenizer.chat_template = training_chat_template(tokenizer, "sft.assistant_only_loss")
     peft_config = None
@@ -116,11 +145,7 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
         if config.lora.load_in_4bit:
             model = _quantized_copy(inputs)
     work_dir = out_dir / "trainer"
-    args = build_trl_config("sft", SFTConfig, trl_arguments(
-        config, work_dir, inputs.seed, run_name=f"{inputs.recipe_name}-sft",
-        assistant_only_loss=config.assistant_only_loss, packing=config.packing, padding_free=config.padding_free, eval_packing=False,
-        train_sampling_strategy="group_by_length" if config.group_by_length and not config.packing else "random"),
-        out_dir)
+    args = build_trl_config("sft", SFTConfig, trl_kwargs(config, work_dir, inputs.seed, inputs.recipe_name), out_dir)
     try:
         with scoped_env(tracker_env(out_dir, config.report_to)):
             trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
@@ -142,8 +167,9 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
         return {label: out[f"eval_{label}_loss"] for label in eval_sets}
 
     before = held_out_losses()
+    transformers.set_seed(inputs.seed)  # scoring drew from the RNG: training starts from the seed alone, as `trl sft`
     start = time.perf_counter()
-    train_out = trainer.train()
+    train_out, resumed_from = train_resumable(trainer, "sft", work_dir, config.keep_checkpoints, is_main_process())
     train_s = time.perf_counter() - start
     after = held_out_losses()
     mean = lambda d: sum(d.values()) / len(d)  # noqa: E731
@@ -159,13 +185,19 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
         model = _merge_into_full_precision(trainer.model, inputs, work_dir)
     else:
         model = trainer.model.merge_and_unload()
-    mixture.write_report(out_dir)
+    bpb_after = heldout_bpb(model, tokenizer)
+    check_bpb_rise("sft", bpb_before, bpb_after, config.heldout_bpb_max_rise, config.heldout_bpb_action,
+                   "sft.heldout_bpb_max_rise")
+    if is_main_process():
+        mixture.write_report(out_dir, "sft")
     save_and_check("sft", model, tokenizer, template_before, out_dir, work_dir, merged=True)
     metrics = {**losses, "train_steps": train_out.global_step, "train_conversations": len(mixture.train),
                "eval_conversations": sum(len(v) for v in eval_sets.values()),
                "train_sequences": len(trainer.train_dataset), "train_tokens": train_tokens,
                "train_tokens_per_s": round(train_tokens / train_s, 1), "lora": config.lora is not None,
-               "precision": resolve_precision(config.precision)}
+               "precision": resolve_precision(config.precision), "num_processes": config.num_processes,
+               "gradient_checkpointing": config.gradient_checkpointing, "resumed_from_step": resumed_from,
+               **bpb_metrics(bpb_before, bpb_after)}
     if len(eval_sets) > 1:
         metrics["eval_loss_by_set"] = {k: f"{before[k]:.3f} -> {after[k]:.3f}" for k in eval_sets}
     metrics["mixture"] = mixture.summary()
@@ -177,19 +209,19 @@ def _quantized_copy(inputs: Inputs):
     import importlib.util
 
     import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig
 
-    from hfpipe.models import model_location
+    from hfpipe.models import load_model_and_tokenizer, model_location
 
     if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
         raise HfpipeError("sft.lora.load_in_4bit: QLoRA needs bitsandbytes and a CUDA GPU (found: bitsandbytes "
                           f"{'yes' if importlib.util.find_spec('bitsandbytes') else 'no'}, CUDA "
                           f"{'yes' if torch.cuda.is_available() else 'no'}); set load_in_4bit: false for plain LoRA", 2)
-    where, kwargs = model_location(inputs)
-    if "gguf_file" in kwargs:
+    if "gguf_file" in model_location(inputs)[1]:
         raise HfpipeError("sft.lora.load_in_4bit: a GGUF base_model cannot be re-quantized to 4-bit; use plain LoRA", 2)
     bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
-    return AutoModelForCausalLM.from_pretrained(where, quantization_config=bnb, device_map={"": 0}, **kwargs)
+    # the one loader every stage uses: the base_model's revision and trust_remote_code, its error and vocabulary checks
+    return load_model_and_tokenizer(inputs, quantization_config=bnb, device_map={"": 0})[0]
 
 
 def _merge_into_full_precision(peft_model, inputs: Inputs, work_dir: Path):
@@ -213,4 +245,4 @@ def describe(config: Config, recipe) -> dict:
     """For `hfpipe run --dry-run`: the trainer, the mixture and the expected steps and tokens."""
     from hfpipe.posttrain.trainer import describe_training
 
-    return describe_training(config, "trl.SFTTrainer", "sequences")
+    return describe_training(config, "trl.SFTTrainer", "sequences", stage="sft", recipe_dir=recipe.recipe_dir)

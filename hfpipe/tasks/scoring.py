@@ -110,18 +110,27 @@ def over_refusal_results(doc: dict, results: list) -> dict:
 
 # ----------------------------------------------------------------------------------------------------------------------
 # tool use: a JSON call {"name", "arguments"} to a declared tool whose arguments validate against its schema
+# (tools and the expected call in the ecosystem's format: `tools`, `tool_calls`)
+
+# The block hfpipe's chat template (hfpipe/templates/chat_template.jinja) renders for a `tools` list: the eval asks
+# with the words post-training taught. lm-eval's chat path passes no `tools` to the template, so the prompt carries it.
+TOOLS_PREAMBLE = ('You can call these tools. To call one, reply with only a JSON object {"name": <tool name>, '
+                  '"arguments": {...}}. Tools:\n')
+
 
 def tool_use_prompt(doc: dict) -> str:
-    tools = "\n".join(json.dumps(t, sort_keys=True) for t in json.loads(doc["tools"]))
-    return ("You can call these tools (each with a JSON schema of its arguments):\n" + tools + "\n\n"
-            'To call a tool, reply with only a JSON object: {"name": "<tool name>", "arguments": {...}}.\n\n'
-            f"Request: {doc['request']}\nCall:")
+    """The declared tools ([{"type": "function", "function": {...}}], as TRL and the chat templates take them) in the
+    chat template's words, then the request."""
+    tools = json.dumps(json.loads(doc["tools"]), ensure_ascii=False)
+    return TOOLS_PREAMBLE + tools + "\n\n" + f"Request: {doc['request']}\nCall:"
 
 
 def tool_use_results(doc: dict, results: list) -> dict:
-    tools = {t["name"]: t for t in json.loads(doc["tools"])}
-    expected = json.loads(doc["expected"])
+    tools = {t["function"]["name"]: t["function"] for t in json.loads(doc["tools"])}
+    expected = json.loads(doc["expected"])[0]["function"]  # the reference answer's tool_calls
     call = first_json_object(results[0])
+    if isinstance(call, dict) and isinstance(call.get("function"), dict):  # a tool_calls entry written out
+        call = call["function"]
     valid = (call is not None and call.get("name") in tools and isinstance(call.get("arguments"), dict)
              and _schema_valid(call["arguments"], tools[call["name"]]["parameters"]))
     correct = valid and call["name"] == expected["name"] and _same(call["arguments"], expected["arguments"])

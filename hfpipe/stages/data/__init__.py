@@ -15,6 +15,9 @@ Phases (each a banner in run()):
    (and parquet on request);
 5. stats.json (per step docs and bytes in/out and drop reasons, per domain and language totals, achieved shares),
    mixture.png, and a self-check that reads the output back.
+The ``decontaminate`` step (every default chain, code included) matches the eval plan (every bundled task, plus the
+registry tasks of ``decontamination_tasks``, filled from ``eval.tasks``) and writes what it checked and dropped per
+source and task to ``contamination.json`` (hfpipe.stages.data.contamination), which the card shows as a table.
 Every filter keeps what it drops (datatrove's ``exclusion_writer``) in ``dropped/<step>/`` with the reason:
 ``hfpipe inspect RECIPE data --dropped-by STEP`` shows them (hfpipe.stages.data.samples).
 Every pass runs on the recipe's executor: local (tasks x workers) by default, or Slurm / Ray.
@@ -25,18 +28,17 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
-import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from hfpipe.stages.data.readers import build_readers, source_files
 from hfpipe.errors import HfpipeError
-from hfpipe.stages import Inputs, StageConfig, progress
+from hfpipe.stages import EXECUTION_ONLY, Inputs, StageConfig, progress
 
 OUTPUTS = ("data/*.jsonl.gz",)  # compared by `hfpipe reproduce` (see hfpipe/stages/__init__.py)
-RESULTS = ("stats.json",)
+RESULTS = ("stats.json", "contamination.json")
 READS: tuple[str, ...] = ()
 CARD = {"name": "datatrove", "paper": "Gopher quality rules: Rae et al. 2021, arXiv:2112.11446",
         "citation": "Penedo et al., DataTrove: large scale data processing, 2024"}
@@ -107,20 +109,39 @@ class Balance(StageConfig):
         return shares
 
 
+SLURM_TIME = r"^(\d+-)?\d+(:\d{1,2}){0,2}$"  # [D-]HH:MM:SS, MM:SS or minutes, as sbatch --time takes it
+
+
 class Slurm(StageConfig):
+    """datatrove's SlurmPipelineExecutor, one per pass, chained with depends= (hfpipe.stages.data.engines)."""
+
     partition: str = Field("", description="Slurm partition (required with executor: slurm)")
-    time: str = Field("04:00:00", description="time limit per task, HH:MM:SS")
+    time: str = Field("04:00:00", pattern=SLURM_TIME, description="time limit per task, HH:MM:SS (sbatch --time)")
+    max_wait: str = Field("72:00:00", pattern=SLURM_TIME, description="time limit of the whole chain of passes, "
+                          "queueing included, [D-]HH:MM:SS: hfpipe then cancels its jobs and fails (exit 1)")
     cpus_per_task: int = Field(1, ge=1, description="CPUs per task")
     mem_per_cpu_gb: int = Field(2, ge=1, description="GB of memory per CPU")
     qos: str = Field("normal", description="quality of service")
-    venv_path: str | None = Field(None, description="virtualenv activated by the job script")
+    venv_path: str | None = Field(None, description="virtualenv (its folder or bin/activate, relative to the recipe) "
+                                  "activated by the job script; default: the one running hfpipe")
     sbatch_args: dict[str, str] = Field(default_factory=dict, description="extra #SBATCH options")
-    poll_s: float = Field(30, gt=0, description="seconds between checks that a pass's tasks completed")
+    options: dict[str, Any] = Field(default_factory=dict, description="any other argument of datatrove's "
+                                    "SlurmPipelineExecutor, passed as it is (srun_args, tasks_per_job, max_array_size, "
+                                    "env_command, condaenv, requeue, mail_user, ...); checked before the run")
+    poll_s: float = Field(5, gt=0, description="seconds between checks of the jobs' states (squeue)")
 
 
 class Ray(StageConfig):
+    """datatrove's RayPipelineExecutor on RAY_ADDRESS's cluster, or on a local runtime started for the stage."""
+
+    address: str | None = Field(None, description="Ray cluster to connect to (default: $RAY_ADDRESS, else a local "
+                                "runtime started for the stage and stopped after it)")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local runtime (default: this machine's)")
     cpus_per_task: int = Field(1, ge=1, description="CPUs reserved per task")
     mem_per_cpu_gb: float = Field(2, gt=0, description="GB of memory per CPU")
+    options: dict[str, Any] = Field(default_factory=dict, description="any other argument of datatrove's "
+                                    "RayPipelineExecutor, passed as it is (time, tasks_per_job, nodes_per_task, "
+                                    "gpus_per_task, ray_remote_kwargs, ...); checked before the run")
 
 
 class CodeFilter(StageConfig):
@@ -161,7 +182,8 @@ class Config(StageConfig):
         default_factory=lambda: {"prose": ("language_id", "gopher_quality", "decontaminate", "pii"),
                                  "web": ("language_id", "gopher_quality", "decontaminate", "pii"),
                                  "dialog": ("language_id", "decontaminate", "pii"),
-                                 "code": ("malware", "secrets", "code_quality", "license_header")},
+                                 "code": ("malware", "secrets", "code_quality", "decontaminate", "license_header",
+                                          "pii")},
         description="domain -> filter steps in order (cheapest per MB first, then the ones that drop most; pii last, "
                     "it drops nothing); unlisted domains pass unfiltered")
     rule_languages: dict[str, tuple[str, ...]] = Field(
@@ -174,7 +196,12 @@ class Config(StageConfig):
     quality_threshold: float = Field(0.5, ge=0, le=1, description="step quality_classifier: docs scoring below it "
                                      "(probability of 'good prose' from the bundled classifier) are dropped")
     decontamination_ngrams: int = Field(13, ge=3, description="step decontaminate: n-gram length matched against the "
-                                        "bundled eval items (shorter items are matched whole)")
+                                        "eval items (shorter items are matched whole)")
+    decontamination_tasks: tuple[str, ...] = Field((), description="step decontaminate: lm-eval registry tasks "
+                                                   "matched beside every bundled task (hfpipe/tasks), when their data "
+                                                   "is in the local Hugging Face cache (else the report says not "
+                                                   "checked); filled in from eval.tasks when the recipe has an eval "
+                                                   "section and does not set it")
     keep_languages: tuple[str, ...] = Field((), description="step language_id: ISO 639-1 codes to keep; empty = "
                                             "only tag metadata.detected_language")
     extract_timeout_s: float = Field(5, gt=0, description="seconds per HTML page for trafilatura before skipping it")
@@ -185,11 +212,15 @@ class Config(StageConfig):
     keep_dropped: bool = Field(True, description="keep every document a filter or dedup drops, with the reason, in "
                                "dropped/<step>/ (`hfpipe inspect RECIPE data --dropped-by STEP`); false where they "
                                "would fill the disk")
-    executor: Literal["local", "slurm", "ray"] = Field("local", description="where datatrove runs the tasks")
+    executor: Literal["local", "slurm", "ray"] = Field("local", description="where datatrove runs the tasks (not in "
+                                                       "the fingerprint: byte-identical output, tests/test_cluster.py)",
+                                                       json_schema_extra=EXECUTION_ONLY)
     tasks: int = Field(1, ge=1, le=100_000, description="datatrove tasks per pass; one output shard per task")
-    workers: int = Field(1, ge=1, le=256, description="local: processes running tasks at once (1 = in this process)")
-    slurm: Slurm = Field(default_factory=Slurm, description="options of executor: slurm")
-    ray: Ray = Field(default_factory=Ray, description="options of executor: ray")
+    workers: int = Field(1, ge=1, le=256, description="tasks of a pass running at once: local processes (1 = in "
+                         "this process), Slurm array throttle (%N), Ray tasks in flight")
+    slurm: Slurm = Field(default_factory=Slurm, description="options of executor: slurm",
+                         json_schema_extra=EXECUTION_ONLY)
+    ray: Ray = Field(default_factory=Ray, description="options of executor: ray", json_schema_extra=EXECUTION_ONLY)
 
     @field_validator("sources")
     @classmethod
@@ -237,31 +268,27 @@ def input_files(config: Config, recipe_dir: Path) -> list[Path]:
 
 
 def make_executor(config: Config, pipeline: list, tasks: int, logging_dir: Path):
-    common = dict(tasks=tasks, logging_dir=str(logging_dir), skip_completed=False)
-    if config.executor == "slurm":
-        from datatrove.executor import SlurmPipelineExecutor
+    """One pass's datatrove executor, every recipe option passed through (hfpipe.stages.data.engines)."""
+    from hfpipe.stages.data.engines import make_executor as build
 
-        s = config.slurm
-        return SlurmPipelineExecutor(pipeline, time=s.time, partition=s.partition, cpus_per_task=s.cpus_per_task,
-                                     mem_per_cpu_gb=s.mem_per_cpu_gb, qos=s.qos, venv_path=s.venv_path,
-                                     sbatch_args=dict(s.sbatch_args) or None, job_name=f"hfpipe-{logging_dir.name}",
-                                     **common)
+    return build(config, pipeline, tasks, logging_dir)
+
+
+def preflight(config: Config, recipe_dir: Path) -> None:
+    """Before the run starts: every data.slurm.options / data.ray.options key is an argument of datatrove's
+    executor; executor: slurm needs sbatch, executor: ray needs ray (the hfpipe[ray] extra)."""
+    import shutil as sh
+
+    from hfpipe.stages.data.engines import check_options
+
+    if config.executor == "slurm" and not sh.which("sbatch"):
+        raise HfpipeError("data.executor: slurm, but sbatch is not on PATH (a single-node Slurm here: `make slurm-up`)", 2)
     if config.executor == "ray":
-        from datatrove.executor import RayPipelineExecutor
-
-        return RayPipelineExecutor(pipeline, workers=config.workers, cpus_per_task=config.ray.cpus_per_task,
-                                   mem_per_cpu_gb=config.ray.mem_per_cpu_gb, **common)
-    from datatrove.executor import LocalPipelineExecutor
-
-    return LocalPipelineExecutor(pipeline, workers=min(config.workers, tasks), start_method="fork", **common)
-
-
-def execute(config: Config, pipeline: list, tasks: int, logging_dir: Path) -> None:
-    """Run one pass to completion (a Slurm submission is waited for: every rank's completion marker)."""
-    executor = make_executor(config, pipeline, tasks, logging_dir)
-    executor.run()
-    while config.executor == "slurm" and len(list((logging_dir / "completions").glob("*"))) < tasks:
-        time.sleep(config.slurm.poll_s)
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise HfpipeError("data.executor: ray, but ray is not installed (pip install 'hfpipe[ray]')", 2) from None
+    check_options(config)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -274,6 +301,7 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     from datatrove.pipeline.writers import JsonlWriter, ParquetWriter
 
     from hfpipe.stages.data import mixture as mix
+    from hfpipe.stages.data.engines import Passes
     from hfpipe.stages.data.readers import MARKUP_FORMATS, make_extractor
     from hfpipe.stages.data.steps import domain_steps
     from hfpipe.stages.data.steps.minhash import minhash_pipelines, minhash_tasks
@@ -282,6 +310,9 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     out_dir = Path(out_dir)
     work, logs = out_dir / "work", out_dir / "datatrove_logs"
     work.mkdir(parents=True, exist_ok=True)
+    # every pass runs on the recipe's executor (hfpipe.stages.data.engines): local and Ray run a pass when it is handed
+    # over; Slurm submits the whole chain (depends=) at engine.wait(), so the passes' stats are read after that
+    engine = Passes(config, inputs.recipe_dir)
 
     # The passes hand each other plain jsonl under work/ (deleted at the end): datatrove's default gzip (level 9)
     # took 7.0 of 52 s (13%) of a cProfiled run of the starter recipe, for files read once or twice, then deleted.
@@ -336,23 +367,30 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     add(*(r for rs in plain.values() for r in rs))
     for domain in readers:
         add(mix.Meter(f"{domain}:read", ticks=plain_sources), domain=domain, name=f"meter:{domain}:read")
-        for label, step in domain_steps(domain, config, dropped):
+        for label, step in domain_steps(domain, config, dropped, ledger=work / "contamination"):
             if config.executor == "local":  # models and indexes loaded once here, shared by every local task
                 preload(step)
             add(step, domain=domain, name=label)
             add(mix.Meter(label), domain=domain, name=f"meter:{label}")
     filtered = work / "filtered"
     add(write(filtered, "${domain}/${rank}.jsonl"))
-    execute(config, pipeline, config.tasks, logs / "1_filter")
-    blocks, steps = mix.merged_stats(logs / "1_filter"), []
-    for domain in readers:  # stats.json rows domain by domain, as from a pass of its own
-        rows = mix.step_table(blocks, [n[1] if n and n[0] == domain else None for n in named])
-        steps += rows
-        dead = next((r for r in rows if r["docs_in"] and not r["docs_out"]), None)
-        if dead:  # a chain never silently drops a whole domain
-            _write_stats(out_dir, {"steps": steps})
-            raise HfpipeError(f"data: step '{dead['step']}' dropped every {domain} document "
-                              f"({dead['docs_in']} in, 0 out; see stats.json)")
+    engine.run(pipeline, config.tasks, logs / "1_filter")
+
+    def filter_rows() -> list[dict]:  # after the filter pass (Slurm: after the whole chain)
+        _contamination_report(config, work / "contamination", out_dir)
+        blocks, steps = mix.merged_stats(logs / "1_filter"), []
+        for domain in readers:  # stats.json rows domain by domain, as from a pass of its own
+            rows = mix.step_table(blocks, [n[1] if n and n[0] == domain else None for n in named])
+            steps += rows
+            dead = next((r for r in rows if r["docs_in"] and not r["docs_out"]), None)
+            if dead:  # a chain never silently drops a whole domain
+                _write_stats(out_dir, {"steps": steps})
+                raise HfpipeError(f"data: step '{dead['step']}' dropped every {domain} document "
+                                  f"({dead['docs_in']} in, 0 out; see stats.json)")
+        return steps
+
+    steps = [] if engine.deferred else filter_rows()  # Slurm: after the whole chain ran
+    tables = []  # (pass logging dir, step names) of the later metered passes, read once every pass has run
 
     # ---------------------------------------------------------------- 3. dedup
     # exact (signature -> find -> filter), then MinHash near-dedup (signature -> buckets -> cluster -> filter) of what
@@ -366,9 +404,9 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
         return mix.DroppedWriter(str(dropped / step)) if dropped is not None else None
 
     if dd.exact:
-        execute(config, [read(filtered), ExactDedupSignature(str(work / "sigs"), exact)], config.tasks,
+        engine.run([read(filtered), ExactDedupSignature(str(work / "sigs"), exact)], config.tasks,
                 logs / "2_dedup_signatures")
-        execute(config, [ExactFindDedups(str(work / "sigs"), str(work / "dups"), exact)], 1, logs / "3_dedup_find")
+        engine.run([ExactFindDedups(str(work / "sigs"), str(work / "dups"), exact)], 1, logs / "3_dedup_find")
         pipeline += [ExactDedupFilter(str(work / "dups"), exact, exclusion_writer=dropped_by("dedup_exact")),
                      mix.Meter("dedup:exact")]
         names += ["dedup:exact", "meter:dedup:exact"]
@@ -380,13 +418,13 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
         if dd.exact:  # signatures of what exact dedup keeps, in the order the MinHash filter below sees it
             passes[0].insert(1, ExactDedupFilter(str(work / "dups"), exact))
         for i, (passed, n) in enumerate(zip(passes[:3], minhash_tasks(config.tasks, m.num_buckets)[:3])):
-            execute(config, passed, n, logs / f"5_minhash_{i + 1}")
+            engine.run(passed, n, logs / f"5_minhash_{i + 1}")
         pipeline += [passes[3][1], mix.Meter("dedup:minhash")]  # datatrove's MinhashDedupFilter
         names += ["dedup:minhash", "meter:dedup:minhash"]
     pipeline += [mix.Ledger(str(work / "ledger"), inputs.seed), write(work / "deduped")]
     progress("deduplicating" + where, total=_written(logs / "1_filter") if counted else None, unit="docs")
-    execute(config, pipeline, config.tasks, logs / "6_dedup")
-    steps += mix.step_table(mix.merged_stats(logs / "6_dedup"), names + [None, None])
+    engine.run(pipeline, config.tasks, logs / "6_dedup")
+    tables.append((logs / "6_dedup", names + [None, None]))
 
     # ---------------------------------------------------------------- 4. balance
     # a seeded sample towards the target shares -> data/*.jsonl.gz (+ parquet)
@@ -402,8 +440,11 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     if config.parquet:
         pipeline.append(ParquetWriter(str(out_dir / "data"), output_filename="${rank}.parquet"))
     pipeline.append(mix.GzipShard(str(out_dir / "data")))  # -> ${rank}.jsonl.gz, no timestamp: bit-identical reruns
-    execute(config, pipeline, config.tasks, logs / "5_balance_write")
-    steps += mix.step_table(mix.merged_stats(logs / "5_balance_write"), names + [None] * (2 + config.parquet))
+    engine.run(pipeline, config.tasks, logs / "5_balance_write")
+    tables.append((logs / "5_balance_write", names + [None] * (2 + config.parquet)))
+    engine.wait()  # Slurm: the chain is submitted and watched until every pass is done; Ray: its runtime stops
+    steps = (filter_rows() if engine.deferred else steps) + \
+        [row for folder, n in tables for row in mix.step_table(mix.merged_stats(folder), n)]
 
     # ---------------------------------------------------------------- 5. stats + plot + self-check
     # the output reads back, every doc carries its metadata
@@ -434,6 +475,19 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
             **{f"detected_{k}": v for k, v in totals_by.items() if k.startswith("language_")},
             **{f"docs_out_{d}": row["docs_out"] for d, row in sorted(totals["domain"].items())},
             **{f"share_{d}": round(v, 4) for d, v in sorted(achieved["domain"].items())}}
+
+
+def _contamination_report(config: Config, ledger: Path, out_dir: Path) -> None:
+    """contamination.json (hfpipe.stages.data.contamination): per source and eval task, the documents the
+    decontaminate step checked and dropped, with an overlapping n-gram; written when a chain has the step."""
+    if not any("decontaminate" in steps for steps in config.chains.values()):
+        return
+    from hfpipe.stages.data.contamination import summarize, write_report
+    from hfpipe.stages.data.steps.decontamination import eval_index, read_ledger
+
+    info = eval_index(n=config.decontamination_ngrams, extra_tasks=config.decontamination_tasks)[1]
+    hits, checked = read_ledger(ledger) if ledger.is_dir() else ([], {})
+    write_report(out_dir, "data", info, summarize(hits, checked))
 
 
 def _written(logging_dir: Path) -> int | None:
@@ -522,12 +576,16 @@ def describe(c: Config, recipe) -> dict:
         s = c.slurm
         engine = {"executor": "datatrove.executor.SlurmPipelineExecutor", "tasks": c.tasks, "partition": s.partition,
                   "time": s.time, "cpus_per_task": s.cpus_per_task, "mem_per_cpu_gb": s.mem_per_cpu_gb, "qos": s.qos,
-                  "venv_path": s.venv_path, "sbatch_args": dict(s.sbatch_args),
-                  "note": "one sbatch array job per pass; the stage waits for every task's completion marker"}
+                  "venv_path": s.venv_path or "(the virtualenv running hfpipe)", "sbatch_args": dict(s.sbatch_args),
+                  "workers": c.workers, "max_wait": s.max_wait, "options": dict(s.options),
+                  "note": "one sbatch array job per pass, chained with depends= (afterok) and submitted at once; a "
+                          "failed, cancelled or timed-out task ends the stage with its log, the rest is cancelled"}
     elif c.executor == "ray":
         engine = {"executor": "datatrove.executor.RayPipelineExecutor", "tasks": c.tasks, "workers": c.workers,
                   "cpus_per_task": c.ray.cpus_per_task, "mem_per_cpu_gb": c.ray.mem_per_cpu_gb,
-                  "note": "connects to the Ray cluster of RAY_ADDRESS (ray start --head / ray up first)"}
+                  "address": c.ray.address or "$RAY_ADDRESS, else a local runtime", "options": dict(c.ray.options),
+                  "note": "connects to ray.address / RAY_ADDRESS (ray start --head / ray up), else starts a local "
+                          "Ray runtime for the stage"}
     else:
         engine = {"executor": "datatrove.executor.LocalPipelineExecutor", "tasks": c.tasks,
                   "workers": min(c.workers, c.tasks)}

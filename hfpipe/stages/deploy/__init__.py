@@ -8,15 +8,21 @@ Loads the upstream model (or the recipe's base_model) in ``export_dtype``, makes
 template's end of turn (``<|im_end|>``), and writes ``out_dir/export/``: safetensors weights (sharded at
 ``max_shard_size``), config, generation config, tokenizer with its chat template; quantized variants
 (``quantized/<scheme>/``, torchao on CPU, see ``hfpipe.stages.deploy.quant``) and GGUF files (``gguf/<name>-<type>.gguf``, see
-``hfpipe.stages.deploy.gguf``), each measured against the full-precision model (``parity.json``); and README.md, the model
-card built by ``hfpipe.card`` from every finished upstream stage folder and those parity numbers (plus the images it
-links). The self-check reloads the export with transformers alone, compares its logits, generates, and checks that it
-stops at end of turn.
+``hfpipe.stages.deploy.gguf``; K-quants by llama.cpp's quantizer from the f16 file, each measured in llama.cpp itself
+when the hfpipe[gguf] extra is installed, ``hfpipe.stages.deploy.llamacpp``) with an Ollama ``Modelfile`` whose
+TEMPLATE renders as the chat template does (``hfpipe.stages.deploy.ollama``), each measured against the
+full-precision model (``parity.json``); and README.md, the model card built by ``hfpipe.card`` from every finished
+upstream stage folder and those parity numbers (plus the images it links). The chat template is the tokenizer
+stage's (sha256, ``hfpipe.posttrain.templates.check_template``) in the export, its ``chat_template.jinja`` (vLLM's
+``--chat-template``), every GGUF's metadata and the Modelfile; any other fails the stage naming both hashes. The
+self-check reloads the export with transformers alone, compares its logits, generates, and checks that it stops at
+end of turn. `hfpipe chat RECIPE` talks to the export (``hfpipe.stages.deploy.chat``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Literal
@@ -26,6 +32,7 @@ from pydantic import Field
 from hfpipe.errors import HfpipeError
 from hfpipe.resources import DATASETS, TASKS, TEMPLATES, package_file
 from hfpipe.stages import STAGES, Inputs, StageConfig, progress, resolve_path
+from hfpipe.stages.tokenizer import TORTURE_SET
 
 # "model" is the weights to export; every other finished stage is read only for the model card.
 # compared by `hfpipe reproduce` (see hfpipe/stages/__init__.py)
@@ -43,7 +50,7 @@ CARD_TEMPLATE = package_file(TEMPLATES, "model_card.md")
 EXPORT = "export"  # the folder users load, serve and push: <stage folder>/export  # the card this stage writes into the export
 
 Scheme = Literal["int8", "int4", "bnb_int8", "bnb_int4", "gptq", "awq"]
-GGUFType = Literal["f32", "f16", "bf16", "q8_0", "q4_0"]
+GGUFType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m"]
 
 
 class Config(StageConfig):
@@ -68,13 +75,24 @@ class Config(StageConfig):
     # ---- GGUF (llama.cpp / Ollama)
     gguf: list[GGUFType] = Field(
         [], description="GGUF files to write (llama.cpp tensor types), each loaded back with transformers and compared "
-        "with the source logits; llama models with a byte-level BPE tokenizer only")
+        "with the source logits, and measured in llama.cpp itself when llama-cpp-python (hfpipe[gguf]) is installed: "
+        "tokenization, logits, perplexity, greedy tokens, decode tokens/s. q4_k_m / q5_k_m (and q8_0 / q4_0 when it is "
+        "installed) come from llama.cpp's quantizer applied to the f16 file; llama models with a byte-level BPE "
+        "tokenizer whose pre-tokenizer llama.cpp has")
     gguf_max_logit_rel_rmse: dict[GGUFType, float] = Field(
-        {"f32": 1e-6, "f16": 5e-3, "bf16": 3e-2, "q8_0": 0.05, "q4_0": 0.5},
+        {"f32": 1e-6, "f16": 5e-3, "bf16": 3e-2, "q8_0": 0.05, "q4_0": 0.5, "q4_k_m": 0.5, "q5_k_m": 0.35},
         description="stated tolerance per GGUF type: RMS difference between the model's logits and those of its GGUF "
         "loaded back by transformers, relative to the logits' spread (RMS deviation from each position's mean), on the "
-        "held-out text; above it the stage fails. Measured on the tiny recipe: f16 1e-4-5e-4, q8_0 0.003-0.008, "
-        "q4_0 0.04-0.28")
+        "held-out text (in transformers, and in llama.cpp when installed); above it the stage fails. Measured on the "
+        "tiny recipe: f16 1e-4-5e-4, q8_0 0.003-0.008, q4_0 0.04-0.28")
+    gguf_llama_cpp_max_logit_rel_rmse: dict[GGUFType, float] = Field(
+        {"f32": 1e-3, "f16": 5e-3, "bf16": 3e-2, "q8_0": 0.05, "q4_0": 0.5, "q4_k_m": 0.5, "q5_k_m": 0.35},
+        description="the same tolerance for the logits llama.cpp computes from each GGUF (its own kernels and f16 KV "
+        "cache, so f32 is not bit-exact there); above it the stage fails. Measured: f32 1.2e-4 (test model); f16 3e-4 "
+        "(test model) and 2.9e-3 (SmolLM2-135M); q8_0 0.008-0.011, q4_k_m 0.024-0.061 (test model), 0.33 (SmolLM2)")
+    gguf_greedy_tokens: int = Field(
+        32, ge=1, le=512, description="greedy tokens generated by llama.cpp from a chat prompt and compared with "
+        "transformers' (must be identical for f16 and f32); their decode rate is the tokens/s of the parity table")
     # ---- parity measurement (quantized variants and GGUF vs the full-precision export)
     parity_text: str | None = Field(
         None, description="jsonl of held-out {text, metadata.language} documents for perplexity / logit parity "
@@ -108,12 +126,17 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     import torch
     import transformers
 
-    from hfpipe.stages.deploy import gguf as deploy_gguf, quant as deploy_quant
+    from hfpipe.posttrain.templates import check_template
+    from hfpipe.stages.deploy import gguf as deploy_gguf, llamacpp, quant as deploy_quant
     from hfpipe.card import build_card, write_card
     from hfpipe.models import EOS_TOKEN, load_model_and_tokenizer
     from hfpipe.reproduce import output_digest
 
     deploy_quant.check_schemes(config.quantize)  # GPU-only schemes stop here, before any work
+    not_made = {t: f"needs llama.cpp's quantizer: {llamacpp.INSTALL}" for t in config.gguf
+                if t in deploy_gguf.LLAMA_CPP_ONLY and not llamacpp.available()}
+    for t, why in not_made.items():  # the rest of the export is made; installing llama.cpp makes this stage stale
+        logging.getLogger("hfpipe").warning(f"deploy.gguf: {t} not made: {why}")
     transformers.set_seed(inputs.seed)
     export = out_dir / EXPORT
     shutil.rmtree(export, ignore_errors=True)  # a retry must not keep shards of an earlier, different export
@@ -122,6 +145,8 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     progress(f"exporting ({config.export_dtype})")
     model, tokenizer = load_model_and_tokenizer(inputs, torch_dtype=getattr(torch, config.export_dtype))
     model.eval()
+    template_sha = check_template("deploy", inputs, tokenizer.chat_template, out_dir)  # the tokenizer stage's
+    pre_type = deploy_gguf.llama_pre_type(tokenizer, TORTURE_SET) if config.gguf else None  # before any work
 
     # ---------------------------------------------------------------- generation config: stop at end of turn
     vocab = tokenizer.get_vocab()
@@ -155,20 +180,22 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
             docs=deploy_quant.task_docs(task_file, config.parity_task_limit), seq_len=config.parity_seq_len,
             max_tokens=config.parity_max_tokens, repeats=config.latency_repeats, group_size=config.quant_group_size)
 
-    # ---------------------------------------------------------------- GGUF files, loaded back by transformers
+    # ---------------------------------------------------------------- the chat template vLLM is given (--chat-template)
+    jinja = export / "chat_template.jinja"
+    check_template("deploy", inputs, jinja.read_text(encoding="utf-8") if jinja.is_file() else None,
+                   what=f"{EXPORT}/chat_template.jinja (vLLM's --chat-template)")
+
+    # ---------------------------------------------------------------- GGUF files: written, loaded back, run in llama.cpp
     if config.gguf:
-        progress(f"writing and loading back GGUF {', '.join(config.gguf)}")
-        full = model.float()
-        for gguf_type in config.gguf:
-            path = deploy_gguf.write_gguf(full, tokenizer, export / "gguf" / f"{inputs.recipe_name}-{gguf_type}.gguf",
-                                          gguf_type, inputs.recipe_name)
-            check = deploy_gguf.check_gguf(path, full, tokenizer, texts, config.parity_seq_len)
-            check.update(file=path.name, tolerance=config.gguf_max_logit_rel_rmse.get(gguf_type))
-            if check["tolerance"] is None or check["logit_rel_rmse"] > check["tolerance"]:
-                raise HfpipeError(f"deploy: {path.name} loaded back by transformers differs from the model by "
-                                  f"a relative RMS of {check['logit_rel_rmse']:.4g} in logits "
-                                  f"(deploy.gguf_max_logit_rel_rmse.{gguf_type} = {check['tolerance']})", 1)
-            parity["gguf"][gguf_type] = check
+        progress(f"writing and measuring GGUF {', '.join(config.gguf)}")
+        parity["gguf"] = _gguf_files(config, [t for t in config.gguf if t not in not_made], inputs, model.float(),
+                                     tokenizer, export, out_dir, texts, pre_type, template_sha, eos_ids)
+        parity["gguf_not_made"] = not_made
+        parity["gguf_runtime"] = {
+            "pre_tokenizer": pre_type, "llama_cpp": llamacpp.version() if llamacpp.available() else llamacpp.NOT_RUN,
+            "exact_for": deploy_gguf.LLAMA_CPP_RUNTIMES if llamacpp.available() else
+            f"{deploy_gguf.LLAMA_CPP_RUNTIMES} by the pre-tokenizer rules (llama.cpp pre-tokenizer '{pre_type}'); "
+            f"{llamacpp.NOT_RUN}"}
         model = model.to(getattr(torch, config.export_dtype))
     (out_dir / "parity.json").write_text(json.dumps(parity, indent=1))
 
@@ -187,9 +214,114 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
                "n_params": sum(p.numel() for p in model.parameters()), "check_new_tokens": new_tokens}
     for scheme, q in parity["quantized"].items():
         metrics[scheme] = {k: q[k] for k in ("size_ratio", "latency_ratio", "perplexity_delta", "task_acc_delta")}
+    if parity.get("gguf_not_made"):
+        metrics["gguf_not_made"] = sorted(parity["gguf_not_made"])
     for gguf_type, g in parity["gguf"].items():
-        metrics[f"gguf_{gguf_type}"] = {"bytes": g["bytes"], "logit_rel_rmse": g["logit_rel_rmse"]}
+        cpp = g["llama_cpp"] if isinstance(g["llama_cpp"], dict) else {}
+        metrics[f"gguf_{gguf_type}"] = {"bytes": g["bytes"], "logit_rel_rmse": g["logit_rel_rmse"],
+                                        "llama_cpp_logit_rel_rmse": cpp.get("logit_rel_rmse", llamacpp.NOT_RUN),
+                                        "llama_cpp_perplexity_delta": cpp.get("perplexity_delta", llamacpp.NOT_RUN),
+                                        "llama_cpp_decode_tokens_per_s": cpp.get("decode_tokens_per_s", llamacpp.NOT_RUN)}
     return metrics
+
+
+def _gguf_files(config: Config, types: list[str], inputs: Inputs, full, tokenizer, export: Path, out_dir: Path,
+                texts: list[str], pre_type: str, template_sha: str | None, eos_ids: list[int]) -> dict:
+    """Write every GGUF type (K-quants through llama.cpp's quantizer from the f16 file), check each: loaded back by
+    transformers, its chat template, and in llama.cpp itself when installed; then the Ollama Modelfile."""
+    import gguf
+
+    from hfpipe.posttrain.templates import check_template
+    from hfpipe.stages.deploy import convert, gguf as deploy_gguf, llamacpp, ollama, quant as deploy_quant
+
+    folder = export / "gguf"
+    name = inputs.recipe_name
+    use_cpp = llamacpp.available()
+    # llama.cpp quantizes from the f16 file; when f16 is not asked for it is a work file, removed at the end
+    cpp_types = [t for t in types if t in deploy_gguf.LLAMA_CPP_ONLY or (use_cpp and t in ("q8_0", "q4_0"))]
+    f16 = folder / f"{name}-f16.gguf" if "f16" in types else out_dir / f".{name}-f16.gguf"
+    # Llama: hfpipe's writer (the tensor map of llama.cpp's converter); other architectures: llama.cpp's converter on
+    # the export, which then has to be on this machine (hfpipe.stages.deploy.convert)
+    llama = full.config.model_type == "llama"
+
+    def write(path: Path, gguf_type: str) -> None:
+        if llama:
+            deploy_gguf.write_gguf(full, tokenizer, path, gguf_type, name, pre_type)
+        elif gguf_type in ("f32", "f16", "bf16", "q8_0"):
+            convert.convert(export, path, pre_type, gguf_type, log=out_dir / f"convert-{gguf_type}.log")
+        else:
+            raise HfpipeError(f"deploy.gguf: {gguf_type} of a '{full.config.model_type}' model is made by llama.cpp's "
+                              f"quantizer from the f16 file: {llamacpp.INSTALL}", 2)
+
+    if cpp_types or "f16" in types:
+        write(f16, "f16")
+    blocks = deploy_quant._encode_texts(tokenizer, texts, config.parity_seq_len, config.parity_max_tokens)
+    full_logits = deploy_quant._logits(full, blocks)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                           tokenize=False, add_generation_prompt=True)
+    torture = [*TORTURE_SET, deploy_gguf.CHKTXT]
+    out: dict[str, dict] = {}
+    for gguf_type in types:
+        path = folder / f"{name}-{gguf_type}.gguf"
+        if gguf_type in cpp_types:
+            ftype = deploy_gguf.LLAMA_CPP_ONLY.get(gguf_type) or deploy_gguf.GGUF_TYPES[gguf_type][1]
+            llamacpp.quantize(f16, path, ftype)
+        elif gguf_type != "f16":
+            write(path, gguf_type)
+        tol = config.gguf_max_logit_rel_rmse.get(gguf_type)
+        if deploy_gguf.transformers_reads(full.config.model_type):
+            check = deploy_gguf.check_gguf(path, full, tokenizer, texts, config.parity_seq_len)
+        elif use_cpp:  # SmolLM3 and others: llama.cpp's measurement below is the proof
+            check = {"writer": "llama.cpp convert_hf_to_gguf.py", "bytes": path.stat().st_size, "logit_rel_rmse": 0.0,
+                     "transformers": f"transformers cannot read a '{full.config.model_type}' GGUF back"}
+        else:
+            raise HfpipeError(f"deploy.gguf: transformers cannot read a '{full.config.model_type}' GGUF back to check "
+                              f"it, and llama.cpp is not installed: {llamacpp.INSTALL}", 2)
+        if gguf_type in cpp_types:
+            check["writer"] = f"llama.cpp quantize ({llamacpp.version()}) from f16"
+        check.update(file=path.name, tolerance=tol)
+        if tol is None or check["logit_rel_rmse"] > tol:
+            raise HfpipeError(f"deploy: {path.name} loaded back by transformers differs from the model by "
+                              f"a relative RMS of {check['logit_rel_rmse']:.4g} in logits "
+                              f"(deploy.gguf_max_logit_rel_rmse.{gguf_type} = {tol})", 1)
+        field = gguf.GGUFReader(path).get_field("tokenizer.chat_template")
+        check_template("deploy", inputs, field.contents() if field is not None else None,
+                       what=f"{path.name}'s tokenizer.chat_template")
+        check["chat_template_sha256"] = template_sha
+        # ---- in llama.cpp itself
+        if use_cpp:
+            cpp = llamacpp.measure(path, model=full, tokenizer=tokenizer, blocks=blocks, full_logits=full_logits,
+                                   torture=torture, prompt=prompt, greedy_tokens=config.gguf_greedy_tokens)
+            if cpp["tokenization_differs"]:
+                raise HfpipeError(f"deploy: llama.cpp tokenizes {len(cpp['tokenization_differs'])} of "
+                                  f"{cpp['tokenization_strings']} torture strings differently from the trained "
+                                  f"tokenizer in {path.name} (pre-tokenizer '{pre_type}', e.g. "
+                                  f"{cpp['tokenization_differs'][0]!r}); tokenizer.pre_tokenizer has no exact "
+                                  "llama.cpp equivalent", 1)
+            cpp_tol = cpp["tolerance"] = config.gguf_llama_cpp_max_logit_rel_rmse.get(gguf_type)
+            if cpp_tol is None or cpp["logit_rel_rmse"] > cpp_tol:
+                raise HfpipeError(f"deploy: {path.name} in llama.cpp differs from the export by a relative RMS of "
+                                  f"{cpp['logit_rel_rmse']:.4g} in logits (deploy.gguf_llama_cpp_max_logit_rel_rmse."
+                                  f"{gguf_type} = {cpp_tol})", 1)
+            if gguf_type in ("f32", "f16") and not cpp["greedy_equal"]:
+                raise HfpipeError(f"deploy: {path.name}'s greedy {cpp['greedy_tokens']} tokens in llama.cpp differ "
+                                  f"from transformers' at token {cpp['greedy_first_difference']}", 1)
+            check["llama_cpp"] = cpp
+        else:
+            check["llama_cpp"] = llamacpp.NOT_RUN
+        out[gguf_type] = check
+    if f16.parent == out_dir:
+        f16.unlink(missing_ok=True)
+
+    if not out:
+        return out
+    # ---- Ollama: a Modelfile beside the files, its TEMPLATE rendering as the chat template does
+    go = ollama.go_template(tokenizer)
+    ollama.check_translation(tokenizer, go)
+    target = next((t for t in ("q4_k_m", "q8_0", "f16") if t in out), types[0])
+    stops = list(dict.fromkeys(tokenizer.convert_ids_to_tokens(i) for i in eos_ids))
+    (folder / "Modelfile").write_text(ollama.modelfile(out[target]["file"], go, stops, template_sha), encoding="utf-8")
+    return out
 
 
 def _self_check(export: Path, model, eos_ids: list[int], config: Config) -> int:
@@ -246,7 +378,14 @@ def describe(c: Config, recipe) -> dict:
     """For `hfpipe run --dry-run`: the export format and the quantized and GGUF variants it will write."""
     return {"engine": {"library": "transformers save_pretrained (safetensors)", "dtype": c.export_dtype,
                        "max_shard_size": c.max_shard_size, "quantize": list(getattr(c, "quantize", [])),
-                       "gguf": list(getattr(c, "gguf", []))}, "expected": {}}
+                       "gguf": list(getattr(c, "gguf", [])), **({"gguf_measured_in": _llama_cpp_note()} if c.gguf else {})},
+            "expected": {}}
+
+
+def _llama_cpp_note() -> str:
+    from hfpipe.stages.deploy import llamacpp
+
+    return llamacpp.version() if llamacpp.available() else f"{llamacpp.NOT_RUN} ({llamacpp.INSTALL})"
 
 
 def card_facts(folder: Path, stages: dict[str, Path]) -> dict:
@@ -266,8 +405,24 @@ def card_facts(folder: Path, stages: dict[str, Path]) -> dict:
     gguf = []
     for gtype, g in (parity.get("gguf") or {}).items():
         if isinstance(g, dict):
-            gguf.append({"type": fmt(gtype), **{k: fmt(g.get(k, "")) for k in (
-                "file", "writer", "bytes", "max_abs_logit_diff", "logit_rel_rmse", "tolerance", "argmax_agreement", "token_agreement")}})
+            cpp = g.get("llama_cpp")  # measured in llama.cpp, or the words "not run in llama.cpp" (never a match)
+            row = {"type": fmt(gtype), **{k: fmt(g.get(k, "")) for k in (
+                "file", "writer", "bytes", "max_abs_logit_diff", "logit_rel_rmse", "tolerance", "argmax_agreement",
+                "token_agreement")}}
+            if isinstance(cpp, dict):
+                row["cpp"] = {k: fmt(cpp.get(k, "")) for k in (
+                    "logit_rel_rmse", "argmax_agreement", "perplexity", "perplexity_full", "perplexity_delta",
+                    "decode_tokens_per_s", "greedy_tokens", "tolerance")}
+                row["cpp"]["tokens"] = f"{cpp.get('tokenization_equal')}/{cpp.get('tokenization_strings')} equal"
+                row["cpp"]["greedy"] = "identical" if cpp.get("greedy_equal") else \
+                    f"differs at token {cpp.get('greedy_first_difference')}"
+            else:
+                row["cpp"] = None
+            gguf.append(row)
     heldout = parity.get("heldout") if isinstance(parity.get("heldout"), dict) else {}
+    runtime = dict(parity.get("gguf_runtime")) if isinstance(parity.get("gguf_runtime"), dict) else {}
+    if parity.get("gguf_not_made"):
+        runtime["not_made"] = "; ".join(f"{t}: {why}" for t, why in parity["gguf_not_made"].items())
     return {"card": {"parity": {"quantized": quant, "gguf": gguf, "heldout": {k: fmt(v) for k, v in heldout.items()},
-                                "task": fmt(parity.get("task") or "")}}}
+                                "task": fmt(parity.get("task") or ""),
+                                "gguf_runtime": {k: fmt(v) for k, v in runtime.items()}}}}

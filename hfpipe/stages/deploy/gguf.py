@@ -2,9 +2,11 @@
 
 ``write_gguf`` writes what llama.cpp's ``convert_hf_to_gguf.py`` writes for a Llama model: ``llama.*`` hyper-parameters,
 tensors under llama.cpp's names (``gguf.TensorNameMap``) with the query/key rows permuted for its rotary layout, the
-byte-level BPE vocabulary (``tokenizer.ggml.model = gpt2``: tokens, token types, merges, special ids) and the chat
-template. ``check_gguf`` loads the file back with transformers alone (``from_pretrained(dir, gguf_file=...)``), then
-compares logits and tokenization with the source model.
+byte-level BPE vocabulary (``tokenizer.ggml.model = gpt2``: tokens, token types, merges, special ids), the
+pre-tokenizer llama.cpp must run to split text as the trained tokenizer does (``tokenizer.ggml.pre``, see
+``llama_pre_type``) and the chat template. ``check_gguf`` loads the file back with transformers alone
+(``from_pretrained(dir, gguf_file=...)``), then compares logits and tokenization with the source model; the
+measurement in llama.cpp itself (and the K-quants made by llama.cpp's quantizer) is ``hfpipe.stages.deploy.llamacpp``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,61 @@ from hfpipe.errors import HfpipeError
 
 # GGUF tensor types offered by the deploy stage: name -> (gguf.GGMLQuantizationType name, llama.cpp file type id)
 GGUF_TYPES = {"f32": ("F32", 0), "f16": ("F16", 1), "bf16": ("BF16", 32), "q8_0": ("Q8_0", 7), "q4_0": ("Q4_0", 2)}
+# made only by llama.cpp's quantizer from the f16 file (llama_model_quantize): name -> llama.cpp file type id
+LLAMA_CPP_ONLY = {"q4_k_m": 15, "q5_k_m": 17}
+
+# ---- which llama.cpp pre-tokenizer splits text as the trained tokenizer does
+# llama.cpp's converter (convert_hf_to_gguf.py, get_vocab_base_pre) identifies a model's pre-tokenizer by hashing the
+# tokenizer's output on this check string. A tokenizer trained here has its own vocabulary, so the ids of no known
+# model match: the same string is cut by the tokenizer's pre-tokenizer and by each llama.cpp type's rules (written as
+# HF `tokenizers` pre-tokenizers below), and the type whose pieces hash the same is the one llama.cpp must run.
+CHKTXT = ("\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n\U0001f680 (normal) \U0001f636\u200d\U0001f32b\ufe0f (multiple emojis "
+          "concatenated) \u2705 \U0001f999\U0001f999 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 "
+          "\u1780\u17b6\u1793\u17cb\u178f\u17c2\u1796\u17b7\u179f\u17c1\u179f\u17a2\u17b6\u1785\U0001f601 ?\u6211\u60f3\u5728apple\u5de5\u4f5c1314151\u5929\uff5e "
+          "------======= \u043d\u0435\u0449\u043e \u043d\u0430 \u0411\u044a\u043b\u0433\u0430\u0440\u0441\u043a\u0438 ''''''```````\"\"\"\"......!!!!!!?????? I've been "
+          "'told he's there, 'RE you sure? 'M not sure I'll make it, 'D you like some tea? We'Ve a'lL")
+_LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
+           r"\s+(?!\S)|\s+")
+_QWEN2 = _LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")
+# the runtimes that run llama.cpp's tokenizer from the file's metadata, so the GGUF reads text exactly as trained there
+LLAMA_CPP_RUNTIMES = "llama.cpp, llama-cpp-python, Ollama, LM Studio"
+
+
+def _reference_pre_tokenizers() -> dict:
+    """llama.cpp pre-tokenizer types (``tokenizer.ggml.pre``) and the same rules as HF pre-tokenizers (llama.cpp's
+    llama-vocab.cpp: gpt-2 = the GPT-2 regex; smollm = each digit alone, then the GPT-2 regex; llama-bpe / qwen2 = their
+    split regex, then bytes)."""
+    from tokenizers import Regex, pre_tokenizers as pt
+
+    gpt2 = pt.ByteLevel(add_prefix_space=False, use_regex=True)
+    byte = pt.ByteLevel(add_prefix_space=False, use_regex=False)
+    return {"smollm": pt.Sequence([pt.Digits(individual_digits=True), gpt2]), "gpt-2": gpt2,
+            "llama-bpe": pt.Sequence([pt.Split(Regex(_LLAMA3), "isolated"), byte]),
+            "qwen2": pt.Sequence([pt.Split(Regex(_QWEN2), "isolated"), byte])}
+
+
+def _pieces_hash(pre_tokenizer, texts: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256(repr([[p for p, _ in pre_tokenizer.pre_tokenize_str(t)] for t in texts]).encode()).hexdigest()
+
+
+def llama_pre_type(tokenizer, texts: tuple[str, ...] = ()) -> str:
+    """The llama.cpp pre-tokenizer type that cuts ``CHKTXT`` (and ``texts``) into the same pieces as the tokenizer's
+    own pre-tokenizer; one error naming ``tokenizer.pre_tokenizer`` when none does."""
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    backend = tokenizer.backend_tokenizer
+    what = json.dumps(spec.get("pre_tokenizer"))[:120]
+    if backend.pre_tokenizer is not None and spec.get("normalizer") is None:
+        checks = [CHKTXT, *texts]
+        ours = _pieces_hash(backend.pre_tokenizer, checks)
+        for name, pre in _reference_pre_tokenizers().items():
+            if _pieces_hash(pre, checks) == ours:
+                return name
+    raise HfpipeError(f"deploy.gguf: the tokenizer's pre-tokenizer ({what}{', with a normalizer' if spec.get('normalizer') else ''}) "
+                      f"has no llama.cpp equivalent, so a GGUF would read text differently in llama.cpp/Ollama than in "
+                      f"training; use tokenizer.pre_tokenizer: byte_level (with split_digits true or false) or set "
+                      f"deploy.gguf: []", 1)
 
 
 def _permute(w, n_head: int, n_head_kv: int):
@@ -47,8 +104,9 @@ def _vocab(tokenizer) -> tuple[list[str], list[int], list[str]]:
     return tokens, [int(t) for t in types], merges
 
 
-def write_gguf(model, tokenizer, path: Path, gguf_type: str, name: str) -> Path:
-    """Write ``model`` (a transformers Llama in memory) and its tokenizer as one GGUF file."""
+def write_gguf(model, tokenizer, path: Path, gguf_type: str, name: str, pre_type: str | None = None) -> Path:
+    """Write ``model`` (a transformers Llama in memory) and its tokenizer as one GGUF file (``pre_type``: llama.cpp's
+    pre-tokenizer, ``llama_pre_type(tokenizer)`` when not given)."""
     import gguf
     import numpy as np
     import torch
@@ -86,7 +144,7 @@ def write_gguf(model, tokenizer, path: Path, gguf_type: str, name: str) -> Path:
         raise HfpipeError(f"deploy.gguf: tokenizer has {len(tokens)} tokens, the model's vocab_size is "
                           f"{cfg.vocab_size}; GGUF needs them equal", 1)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_pre(pre_type or llama_pre_type(tokenizer))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
@@ -132,6 +190,13 @@ def write_gguf(model, tokenizer, path: Path, gguf_type: str, name: str) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def transformers_reads(model_type: str) -> bool:
+    """Whether transformers can load a GGUF of this architecture back (its GGUF tensor/config maps)."""
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    return model_type in GGUF_CONFIG_MAPPING
 
 
 def check_gguf(path: Path, model, tokenizer, texts: list[str], max_tokens: int) -> dict:

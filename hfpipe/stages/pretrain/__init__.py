@@ -4,8 +4,9 @@ Run just this stage (the stages it reads must be done; add --force pretrain to r
 
     hfpipe run recipes/tiny.yaml --only pretrain
 
-Documents are tokenized per domain, each prefixed with the document separator (BOS, ``<|endoftext|>``), and packed
-into fixed-length blocks; the tail ``val_fraction`` of every domain is held out (per-domain validation loss).
+The corpus is the tokenizer stage's token shards (tokenized once, per domain, each document prefixed with the document
+separator), memory-mapped and cut into fixed-length blocks; the tail ``val_fraction`` of every domain is held out
+(per-domain validation loss).
 Blocks are dealt by domain mixture weights (or natural proportions), through an optional context-length
 curriculum whose phases keep the tokens per step constant. The model is any transformers causal-LM architecture
 built from a config; the loop is plain PyTorch on `accelerate` (device placement, mixed precision, gradient
@@ -15,14 +16,13 @@ the last one bit-exactly; SIGTERM/SIGINT checkpoint and stop cleanly (exit 143/1
 the stage run ``accelerate launch`` on its own worker entry point. Writes ``out_dir/model/``, ``curves.jsonl``
 and ``curves.png``.
 
-Helpers beside it: data.py (corpus, packing, sampler), optim.py (optimizer, schedules, FLOPs, trackers),
+Helpers beside it: data.py (token shards, split, distributed resumable sampler), optim.py (optimizer, schedules, FLOPs, trackers),
 checkpoint.py (atomic checkpoints, signals), launch.py (accelerate launch + worker).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -33,7 +33,9 @@ from pydantic import Field, model_validator
 
 from hfpipe.errors import HfpipeError, first_line
 from hfpipe.models import BOS_TOKEN, EOS_TOKEN, save_model
-from hfpipe.stages import Inputs, StageConfig
+from hfpipe.posttrain.templates import check_template  # the one chat-template contract
+from hfpipe.stages import EXECUTION_ONLY, Inputs, StageConfig
+from hfpipe.stages.pretrain.slurm import SlurmJob
 
 OUTPUTS = ("model/*",)  # compared by `hfpipe reproduce` (see hfpipe/stages/__init__.py)
 RESULTS = ()
@@ -90,7 +92,11 @@ class Config(StageConfig):
     adam_eps: float = Field(1e-8, gt=0, description="AdamW denominator epsilon")
     sgd_momentum: float = Field(0.9, ge=0, lt=1, description="sgd: Nesterov momentum")
     max_grad_norm: float = Field(1.0, gt=0, description="clip the global gradient L2 norm to this")
-    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="accelerate autocast; 'no' = fp32")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="accelerate autocast: auto = "
+                                                               "bf16 where the device supports it (a CUDA GPU with "
+                                                               "bf16), else fp32; the card records what was used")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less "
+                                         "memory for about a third more compute")
     val_fraction: float = Field(0.05, gt=0, lt=0.5, description="tail of each domain's token stream held out")
     eval_interval: int = Field(50, ge=1, description="optimizer steps between validation passes (+ one at the end)")
     eval_blocks: int = Field(160, ge=1, description="score at most this many held-out blocks per domain per pass "
@@ -105,6 +111,20 @@ class Config(StageConfig):
     accelerate_config: str | None = Field(None, description="accelerate config: a name under hfpipe/accelerate "
                                           "(single, ddp, fsdp, deepspeed_zero3) or a path; default ddp when "
                                           "num_processes > 1; set = launched even with one process")
+    slurm: SlurmJob | None = Field(None, description="submit the training to Slurm instead of running it here: sbatch "
+                                   "+ srun + accelerate launch on slurm.nodes machines (hfpipe.stages.pretrain.slurm); "
+                                   "not in the fingerprint (bit-identical weights, tests/test_cluster.py)",
+                                   json_schema_extra=EXECUTION_ONLY)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict) and "mixed_precision" in data:
+            from pydantic_core import PydanticCustomError
+
+            raise PydanticCustomError("renamed", "'mixed_precision' is now 'precision': auto, bf16, fp16 or fp32 "
+                                      "(was 'no' = fp32); rename the key")
+        return data
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -126,17 +146,79 @@ class Config(StageConfig):
         return [(p.seq_len, p.steps, tokens // p.seq_len) for p in self.curriculum] or [(self.seq_len, self.max_steps, self.batch_size)]
 
     def launched(self) -> bool:
-        return self.num_processes > 1 or self.accelerate_config is not None
+        return self.num_processes > 1 or self.accelerate_config is not None or self.slurm is not None
+
+    def resolved_precision(self) -> str:
+        from hfpipe.posttrain.trainer import resolve_precision
+
+        return resolve_precision(self.precision)
+
+    def to_transformers(self, tokenizer=None):
+        """The transformers config of the model this section pretrains, as train() builds it: the vocabulary and
+        special-token ids from ``tokenizer`` (an object or a folder: the tokenizer stage's output), else as the
+        recipe's tokenizer stage lays them out (its vocab_size; hfpipe's special tokens first)."""
+        from hfpipe.models import PAD_TOKEN, SPECIAL_TOKENS
+
+        if tokenizer is not None:
+            if isinstance(tokenizer, (str, Path)):
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+            ids = tokenizer.convert_tokens_to_ids([BOS_TOKEN, EOS_TOKEN])
+            return build_model_config(self, len(tokenizer), *ids, tokenizer.pad_token_id)
+        section = getattr(self._recipe, "tokenizer", None)
+        if section is None or getattr(section, "vocab_size", None) is None:
+            raise HfpipeError("pretrain.to_transformers(): the recipe trains no tokenizer with a vocab_size; pass "
+                              "tokenizer= (a folder or a tokenizer)", 2)
+        return build_model_config(self, section.vocab_size, *(SPECIAL_TOKENS.index(t) for t in
+                                                               (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN)))
+
+    def to_accelerate(self) -> dict:
+        """The accelerate config `hfpipe` launches this section with (``accelerate launch --config_file``): the
+        config file it names (default ddp) with the process count and mixed precision the launch passes."""
+        import yaml
+
+        from hfpipe.stages.pretrain.launch import MIXED_PRECISION, accelerate_config_path
+
+        _, _, recipe_dir = self.recipe_context()
+        path = accelerate_config_path(self.accelerate_config or "ddp", recipe_dir)
+        settings = yaml.safe_load(path.read_text()) or {}
+        return {**settings, "num_processes": self.num_processes,
+                "mixed_precision": MIXED_PRECISION[self.resolved_precision()]}
+
+
+def build_model_config(config: Config, vocab_size: int, bos: int, eos: int, pad: int | None):
+    """The transformers config of the model this section pretrains (AutoConfig.for_model): what train() builds its
+    model from, and what ``recipe.pretrain.to_transformers()`` gives."""
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    m = config.model
+    if m.model_type not in CONFIG_MAPPING:
+        raise HfpipeError(f"pretrain.model.model_type: unknown architecture '{m.model_type}' (e.g. llama, qwen2, gpt2)", 2)
+    kwargs = dict(vocab_size=vocab_size, hidden_size=m.hidden_size, num_hidden_layers=m.num_hidden_layers,
+                  num_attention_heads=m.num_attention_heads, num_key_value_heads=m.num_key_value_heads,
+                  intermediate_size=m.intermediate_size, tie_word_embeddings=m.tie_word_embeddings,
+                  max_position_embeddings=max(L for L, _, _ in [(config.seq_len, 0, 0), *config.phases()]),
+                  bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
+    return AutoConfig.for_model(m.model_type, **{**kwargs, **m.config_overrides})
 
 
 def input_files(config: Config, recipe_dir: Path) -> list[Path]:
-    from hfpipe.stages.pretrain.launch import accelerate_config_path
+    from hfpipe.posttrain.launch import accelerate_config_path
 
     return [accelerate_config_path(config.accelerate_config or "ddp", recipe_dir)] if config.launched() else []
 
 
 def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
-    if config.launched() and not os.environ.get("HFPIPE_PRETRAIN_WORKER"):
+    from hfpipe.posttrain.launch import in_worker
+
+    if config.slurm is not None and not in_worker():  # sbatch + srun + accelerate launch, waited for
+        from hfpipe.posttrain.launch import MIXED_PRECISION
+        from hfpipe.stages.pretrain.slurm import launch as submit
+
+        return submit(config, inputs, out_dir, MIXED_PRECISION[config.resolved_precision()])
+    if config.launched() and not in_worker():
         from hfpipe.stages.pretrain.launch import launch
 
         return launch(config, inputs, out_dir)
@@ -147,70 +229,71 @@ def train(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, set_seed
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, set_seed
 
     from hfpipe.stages.pretrain import checkpoint as ckpt
-    from hfpipe.stages.pretrain.data import BlockSampler, domain_key, load_corpus, pack, unigram_entropy
+    from hfpipe.stages.pretrain.data import ShardSampler, TokenShards, domain_key, unigram_entropy
     from hfpipe.stages import check_trackers
     from hfpipe.stages import progress as report  # `progress` below is the training state
     from hfpipe.stages.pretrain.optim import build_optimizer, build_scheduler, finite, flops_per_token
 
+    started = time.perf_counter()  # -> startup_s: until the first step begins (tokenizer, shards, model, resume)
     check_trackers(config.report_to, "pretrain.report_to")
     set_seed(inputs.seed)
     AcceleratorState._reset_state()  # an earlier stage in this process may have fixed another mixed_precision (as Trainer does)
+    from hfpipe.posttrain.launch import MIXED_PRECISION
+
+    precision = config.resolved_precision()
     accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
-                              mixed_precision=config.mixed_precision, log_with=config.report_to or None,
+                              mixed_precision=MIXED_PRECISION[precision], log_with=config.report_to or None,
                               project_dir=out_dir / "trackers" if config.report_to else None,
                               cpu=config.launched() and not torch.cuda.is_available())
+    if config.launched() and not torch.cuda.is_available():  # accelerate runs an FSDP config as DDP on CPU
+        from hfpipe.stages.pretrain import cpu_fsdp
+
+        cpu_fsdp.enable(accelerator)
     tokenizer = AutoTokenizer.from_pretrained(inputs.upstream["tokenizer"] / "tokenizer")
+    check_template("pretrain", inputs, tokenizer.chat_template, out_dir)  # the tokenizer stage's, or fail naming both
     bos, eos = tokenizer.convert_tokens_to_ids(BOS_TOKEN), tokenizer.convert_tokens_to_ids(EOS_TOKEN)
     n_proc, rank = accelerator.num_processes, accelerator.process_index
 
-    # ---------------------------------------------------------------- tokenize per domain, split, pack
-    report("tokenizing the corpus")
-    corpus = load_corpus(inputs.upstream["data"], tokenizer, bos, inputs.seed, config.val_fraction)
+    # ---------------------------------------------------------------- token shards (memory-mapped), split, sampler
+    report("opening the token shards")
+    corpus = TokenShards(inputs.upstream["tokenizer"], config.val_fraction)  # tokenized once, by the tokenizer stage
     missing = sorted(set(config.mixture) - set(corpus.domains))
     if missing:
         raise HfpipeError(f"pretrain.mixture: domain(s) {', '.join(missing)} not in the data (it has: "
                           f"{', '.join(corpus.domains)})", 2)
     phases = config.phases()
-    val_blocks = {d: pack(corpus.val[d], config.seq_len)[: config.eval_blocks] for d in corpus.domains}
+    val_blocks = {d: corpus.val_blocks(d, config.seq_len, config.eval_blocks) for d in corpus.domains}
     val_blocks = {d: b for d, b in val_blocks.items() if len(b)}  # a domain too small for one block has no val loss
-    train_blocks = [{d: pack(corpus.train[d], L) for d in corpus.domains} for L, _, _ in phases]
-    for (L, _, micro), blocks in zip(phases, train_blocks):
-        pools = [blocks[d] for d in (config.mixture or blocks) if config.mixture.get(d, 1) > 0]
-        if not val_blocks or any(len(b) == 0 for b in pools) or sum(map(len, pools)) < micro * n_proc:
-            raise HfpipeError(f"pretrain: {sum(len(t) for t in corpus.train.values())} train tokens give "
-                              f"{sum(map(len, pools))} train / {sum(map(len, val_blocks.values()))} val blocks of "
-                              f"seq_len={L}: too few for a micro-batch of {micro}; lower pretrain.seq_len/batch_size, "
-                              "raise val_fraction or add data", 2)
+    weights = {d: w for d, w in config.mixture.items()} or None
+    samplers = [ShardSampler(corpus, L, inputs.seed, i, weights) for i, (L, _, _) in enumerate(phases)]
+    for (L, _, micro), sampler in zip(phases, samplers):
+        if not val_blocks or sampler.empty_pools() or sampler.blocks() < micro * n_proc:
+            raise HfpipeError(f"pretrain: {corpus.train_tokens()} train tokens give {sampler.blocks()} train / "
+                              f"{sum(map(len, val_blocks.values()))} val blocks of seq_len={L}: too few for a "
+                              f"micro-batch of {micro}; lower pretrain.seq_len/batch_size, raise val_fraction or add "
+                              "data", 2)
     all_val = torch.cat(list(val_blocks.values()))
     baseline = unigram_entropy(all_val, len(tokenizer))
 
     # ---------------------------------------------------------------- model, optimizer, schedule
     m = config.model
-    if m.model_type not in CONFIG_MAPPING:
-        raise HfpipeError(f"pretrain.model.model_type: unknown architecture '{m.model_type}' (e.g. llama, qwen2, gpt2)", 2)
-    kwargs = dict(vocab_size=len(tokenizer), hidden_size=m.hidden_size, num_hidden_layers=m.num_hidden_layers,
-                  num_attention_heads=m.num_attention_heads, num_key_value_heads=m.num_key_value_heads,
-                  intermediate_size=m.intermediate_size, tie_word_embeddings=m.tie_word_embeddings,
-                  max_position_embeddings=max(L for L, _, _ in [(config.seq_len, 0, 0), *phases]),
-                  bos_token_id=bos, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
     try:
-        model_config = AutoConfig.for_model(m.model_type, **{**kwargs, **m.config_overrides})
+        model_config = build_model_config(config, len(tokenizer), bos, eos, tokenizer.pad_token_id)
         model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32)
     except (ValueError, KeyError, TypeError) as e:
         raise HfpipeError(f"pretrain.model: cannot build a '{m.model_type}' causal LM: {first_line(e, empty='')[:300]}", 2) from e
     n_params, flops_tok = sum(p.numel() for p in model.parameters()), flops_per_token(model, config.seq_len)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer = build_optimizer(config, model)
     scheduler = build_scheduler(config, optimizer)
     model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler is stepped by hand, once per optimizer step
 
     # ---------------------------------------------------------------- resume from the last complete checkpoint
-    weights = {d: w for d, w in config.mixture.items()} or None
-    samplers = [BlockSampler(blocks, L, inputs.seed, i, weights) for i, ((L, _, _), blocks) in enumerate(zip(phases, train_blocks))]
-    progress = ckpt.TrainingProgress(samplers)
+    progress = ckpt.TrainingProgress(samplers)  # the samplers' positions are part of every checkpoint
     accelerator.register_for_checkpointing(scheduler, progress)
     ckpt_root = out_dir / "checkpoints"
     done, resumed_from = ckpt.complete(ckpt_root), 0
@@ -253,6 +336,7 @@ def train(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     ends = [sum(s for _, s, _ in phases[: i + 1]) for i in range(len(phases))]
     s, val = progress.sums, {}
     model.train()
+    startup_s = time.perf_counter() - started
     report("training" + (f" (resumed at step {resumed_from})" if resumed_from else ""), total=config.max_steps,
            unit="steps", completed=progress.step)
     with ckpt.StopFlag() as stop:
@@ -262,11 +346,11 @@ def train(config: Config, inputs: Inputs, out_dir: Path) -> dict:
             t0 = time.perf_counter()
             loss_sum = torch.zeros((), device=accelerator.device)
             for _ in range(config.gradient_accumulation_steps):
-                x, dom = samplers[phase].next(micro * n_proc)  # the global micro-batch; this process takes its slice
+                x, dom = samplers[phase].next(micro * n_proc, rank, n_proc)  # of the global micro-batch, reads its slice
                 for i, count in enumerate(dom.bincount(minlength=len(corpus.domains)).tolist()):
                     d = corpus.domains[i]
                     progress.domain_tokens[d] = progress.domain_tokens.get(d, 0) + count * L
-                x = x[rank * micro: (rank + 1) * micro].to(accelerator.device)
+                x = x.to(accelerator.device)
                 with accelerator.accumulate(model):  # syncs (and lets the optimizer step) on the last micro-batch
                     loss = model(input_ids=x, labels=x).loss
                     accelerator.backward(loss)
@@ -332,11 +416,12 @@ def train(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     total_tokens = config.max_steps * tokens_per_step
     return {"n_params": n_params, "flops_per_token": flops_tok, "train_tokens": total_tokens, "steps": config.max_steps,
             "phases": len(phases), "resumed_from_step": resumed_from, "num_processes": n_proc,
-            "epochs": round(total_tokens / sum(len(t) for t in corpus.train.values()), 3),
+            "precision": precision, "gradient_checkpointing": config.gradient_checkpointing,
+            "epochs": round(total_tokens / corpus.train_tokens(), 3),
             "train_loss": s["last_train_loss"], **val, "unigram_entropy_baseline": baseline,
             **{f"mixture_{domain_key(d)}": round(n / total_tokens, 4) for d, n in sorted(progress.domain_tokens.items())},
             "tokens_per_s": round(total_tokens / s["train_s"], 1),  # train_s: step time summed over runs
-            "train_s": round(s["train_s"], 2)}
+            "train_s": round(s["train_s"], 2), "startup_s": round(startup_s, 3)}
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -393,13 +478,17 @@ def describe(c: Config, recipe) -> dict:
     procs = c.num_processes
     tokens_per_step = c.batch_size * c.seq_len * c.gradient_accumulation_steps * procs
     if c.launched():
-        from hfpipe.stages.pretrain.launch import SPEC, describe_launch
+        from hfpipe.stages.pretrain.launch import describe_launch
 
-        engine = describe_launch(c.accelerate_config or "ddp", procs, recipe.recipe_dir,
-                             ["-m", "hfpipe.stages.pretrain", "--worker", f"<stage folder>/{SPEC}"])
+        engine = describe_launch(c, recipe.recipe_dir)
+        if c.slurm is not None:
+            from hfpipe.stages.pretrain.slurm import describe as describe_slurm
+
+            engine["slurm"] = describe_slurm(c, recipe.recipe_dir)
     else:
-        engine = {"launch": "in process (one Accelerator, no launcher)", "mixed_precision": c.mixed_precision}
-    engine.update({"num_processes": procs, "mixed_precision": c.mixed_precision, "optimizer": c.optimizer,
+        engine = {"launch": "in process (one Accelerator, no launcher)"}
+    engine.update({"num_processes": procs, "precision": c.precision,
+                   "gradient_checkpointing": c.gradient_checkpointing, "optimizer": c.optimizer,
                    "lr_schedule": c.lr_schedule, "learning_rate": c.learning_rate})
     params = None
     m = c.model
@@ -408,8 +497,12 @@ def describe(c: Config, recipe) -> dict:
         h, L, f = m.hidden_size, m.num_hidden_layers, m.intermediate_size
         kv = h * getattr(m, "num_key_value_heads", m.num_attention_heads) // m.num_attention_heads
         params = L * (2 * h * h + 2 * h * kv + 3 * h * f)
+    from hfpipe.stages.pretrain.data import describe_data
+
+    data = describe_data(c, recipe, engine, params)  # the sampler over the token shards; memory per rank
+    engine.update(data["engine"])
     return {"engine": engine,
-            "expected": {"optimizer_steps": c.max_steps, "tokens_per_step": tokens_per_step,
+            "expected": {**data["expected"], "optimizer_steps": c.max_steps, "tokens_per_step": tokens_per_step,
                          "tokens": tokens_per_step * c.max_steps,
                          "phases": [{"seq_len": s, "steps": n, "blocks_per_micro_batch": b} for s, n, b in phases],
                          "checkpoints_at_steps": list(range(c.checkpoint_interval, c.max_steps + 1, c.checkpoint_interval)),

@@ -8,7 +8,8 @@ checkpoint the one a re-run resumes from. The last ``keep`` complete checkpoints
 
 SIGTERM (Slurm pre-emption, ``kill``) and SIGINT (Ctrl-C) only raise a flag; the loop saves a checkpoint at the
 next step boundary and raises :class:`TrainingInterrupted` (exit code 128 + signal: 143 for SIGTERM, 130 for
-SIGINT), whose one-line message says where it stopped and that re-running resumes.
+SIGINT), whose one-line message says where it stopped and that re-running resumes. The flag, the error and the
+marker are shared with the TRL stages (hfpipe/posttrain/checkpoint.py).
 """
 
 from __future__ import annotations
@@ -16,50 +17,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 from pathlib import Path
 
-from hfpipe.errors import HfpipeError
-
-MARKER = "COMPLETE"
-
-
-class TrainingInterrupted(HfpipeError):
-    """Training stopped on a signal after saving a checkpoint. exit_code = 128 + signal number (143 = SIGTERM)."""
-
-    def __init__(self, signum: int, step: int, where: Path | None):
-        name = signal.Signals(signum).name
-        saved = f"checkpoint saved in {where}" if where else "no checkpoint saved"
-        super().__init__(f"pretrain: stopped by {name} at step {step}; {saved}; re-run the same command to resume "
-                         "from it", 128 + signum)
-        self.signum, self.step = signum, step
-
-
-class StopFlag:
-    """While active, SIGTERM/SIGINT set ``signum`` instead of killing the process (``forward`` also relays them)."""
-
-    def __init__(self, forward=None):
-        self.signum: int | None = None
-        self.forward = forward  # e.g. a child process to pass the signal on to
-        self._old: dict = {}
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-        if self.forward is not None:
-            self.forward(signum)
-
-    def __enter__(self):
-        for s in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread: signals stay with whoever owns them
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for s, old in self._old.items():
-            signal.signal(s, old)
-        self._old.clear()
+from hfpipe.posttrain.checkpoint import MARKER, StopFlag, TrainingInterrupted  # noqa: F401 (shared; re-exported)
+from hfpipe.posttrain.checkpoint import fsync_dir as _fsync_dir
 
 
 class TrainingProgress:

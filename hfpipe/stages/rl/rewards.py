@@ -66,11 +66,13 @@ def _tool_name(tool) -> str | None:
 
 
 
-def load_prompt_split(config, inputs) -> tuple[list[dict], list[dict], Path, Path]:
-    """The rl stage's train and held-out prompts (rl.Config, Inputs): filtered by `tasks`, checked against the
+def load_prompt_split(config, inputs, decontaminator=None) -> tuple[list[dict], list[dict], Path, Path]:
+    """The rl stage's train and held-out prompts (rl.Config, Inputs): training prompts sharing an n-gram with the eval
+    plan dropped (``decontaminator``, hfpipe.posttrain.decontamination), filtered by `tasks`, checked against the
     rewards that need a field, and cut to whole evaluation batches."""
     train_rows, eval_rows, train_path, eval_path = load_split(
-        config.dataset, config.eval_dataset, inputs.recipe_dir, "rl", load_prompts, config.eval_fraction)
+        config.dataset, config.eval_dataset, inputs.recipe_dir, "rl", load_prompts, config.eval_fraction,
+        decontaminator=decontaminator)
     if config.tasks is not None:
         have = sorted({r["task"] for r in train_rows + eval_rows})
         train_rows = [r for r in train_rows if r["task"] in config.tasks]

@@ -232,6 +232,7 @@ def _eos_probe(backend, promised: dict, timeout_s: float) -> dict:
 def run(config: Config, inputs, out_dir: Path) -> dict:
     import httpx
 
+    from hfpipe.posttrain.templates import check_template
     from hfpipe.stages.serve import loadtest, router
 
     from hfpipe.stages.deploy import EXPORT
@@ -247,6 +248,10 @@ def run(config: Config, inputs, out_dir: Path) -> dict:
 
     # ---------------------------------------------------------------- what the card promises: template, end of turn
     promised = export_checks(export)
+    for variant, folder in folders.items():  # one chat-template contract: what each engine serves, vLLM's file included
+        served = folder / "chat_template.jinja"
+        check_template("serve", inputs, served.read_text(encoding="utf-8") if served.is_file() else None, out_dir,
+                       what=f"variant {variant}'s {served.name} (what transformers serve and vLLM --chat-template use)")
     if not promised["eos_token_ids"]:
         raise HfpipeError(f"serve: {export}/generation_config.json has no eos_token_id; re-run deploy", 1)
     here = {v: Path(os.path.relpath(p, out_dir.parent)) for v, p in folders.items()}  # no machine's absolute path

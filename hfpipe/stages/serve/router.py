@@ -81,6 +81,7 @@ def backend_argv(engine: str, model_dir: Path, host: str, port: int, c, served_n
         argv = ["vllm", "serve", str(model_dir), "--host", host, "--port", str(port), "--served-model-name",
                 served_name, "--dtype", c.dtype, "--max-num-seqs", str(c.max_num_seqs),
                 "--generation-config", "auto",  # EOS (end of turn) and defaults from the export's generation_config.json
+                "--chat-template", str(Path(model_dir) / "chat_template.jinja"),  # the tokenizer stage's (sha256 checked)
                 "--enable-prefix-caching" if c.prefix_caching else "--no-enable-prefix-caching"]
         if c.max_batch_tokens is not None:
             argv += ["--max-num-batched-tokens", str(c.max_batch_tokens)]

@@ -12,6 +12,12 @@ mix of the training sample, special tokens and the chat template. The result is 
 tokens (BOS/document separator, EOS, PAD) and the chat template, so training, evaluation, export and serving all render
 the same text. ``out_dir/report.json`` holds the held-out evaluation (see hfpipe/stages/tokenizer/report.py); the model card
 shows it as a table.
+
+The documents are not loaded: the held-out split and the training mix are planned on their metadata (length, hash;
+build.scan_docs) and the sample is streamed into the trainer (build.SampleStream); a reused tokenizer reads only the
+held-out documents of its report. Last, the corpus is tokenized once into per-domain token shards for pretraining
+(``out_dir/tokens/``, shards.py and shard_writer.py: datatrove's ``DocumentTokenizer``; ``token_shards: false``
+skips it).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from hfpipe.errors import HfpipeError
 from hfpipe.models import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, default_chat_template
 from hfpipe.stages import Inputs, StageConfig, progress
 
-OUTPUTS = ("tokenizer/*",)  # compared by `hfpipe reproduce` (see hfpipe/stages/__init__.py)
+OUTPUTS = ("tokenizer/*", "tokens/*/*.ds", "tokens/*/*.ds.index")  # compared by `hfpipe reproduce` (see hfpipe/stages/__init__.py)
 RESULTS = ("report.json",)
 READS = ("data",)
 CARD = {"name": "byte-level BPE / Unigram (HF tokenizers)", "paper": "https://arxiv.org/abs/1508.07909",
@@ -39,6 +45,19 @@ CARD = {"name": "byte-level BPE / Unigram (HF tokenizers)", "paper": "https://ar
 # A string that breaks tokenizers which normalise, strip or drop bytes: the self-check round-trips it.
 TORTURE = ("naïve café — “quotes” e\u0301 Å 🙂👍🏽👨‍👩‍👧 \u200b\n\tdef f(x):\n\t\treturn x ** 2  # tabs\n"
            "    spaces   trailing   \n123456789012345678901234567890 3.14159 中文字符 日本語のテキスト 한국어 Ελληνικά العربية\r\n")
+# The tokenizer torture set: strings on which tokenizers, and runtimes that re-implement them (llama.cpp, Ollama), come
+# apart: code indentation and comments, runs of spaces and CRLF, digits, scripts without spaces, emoji sequences. The
+# deploy stage compares llama.cpp's token ids with the exported tokenizer's on every one (with llama.cpp's own check
+# string, hfpipe.stages.deploy.gguf.CHKTXT).
+TORTURE_SET = (TORTURE, *TORTURE.splitlines(keepends=True),
+               "def f(x):\n    if x:\n        return x ** 2  # square it\n    return None\n",
+               "class A:\n\tdef __init__(self):\n\t\tself.x = [1, 2, 3]\n",
+               "    spaces   then words  \r\n\r\n   \r\nend", "a  b   c    d     e\t\tf \t g",
+               "naïve café — Ελληνικά, русский, العربية, עברית, हिन्दी, ไทย, 中文字符, 日本語のテキスト, 한국어",
+               "3.14159 1234567 12,345.67 2024-06-01 0x1F 1e-9 ½ ²", "I've been 'told he's there, 'RE you sure? We'Ve",
+               "emoji 👨‍👩‍👧 🙂👍🏽 🇫🇷 ✅", " leading space", "trailing space ", "x\n\n\n\ny", "\n\n", " ",
+               "https://example.com/a?b=c&d=e#f", "<html><body class=\"x\">Hi</body></html>",
+               "What is the capital of France?", "ABCDEFGHIJKLMNOPQRSTUVWXYZ abcdefghijklmnopqrstuvwxyz")
 SAMPLE_CHAT = [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "Hi!"},
                {"role": "assistant", "content": "Hello."}]
 
@@ -77,6 +96,15 @@ class Config(StageConfig):
     gguf_file: str | None = Field(None, description="with pretrained: read the tokenizer from this GGUF file inside it")
     keep_pretrained_chat_template: bool = Field(False, description="with pretrained: keep its own chat template "
                                                 "instead of chat_template/hfpipe's (SFT masks need {% generation %})")
+    # ---- token shards for pretraining (tokenize once, read many: hfpipe/stages/tokenizer/shards.py)
+    token_shards: bool = Field(True, description="tokenize the data stage's documents once into per-domain token "
+                               "shards (tokens/<domain>/*.ds, datatrove's DocumentTokenizer) that pretraining "
+                               "memory-maps; false = none (then no pretrain stage can read this tokenizer stage)")
+    token_workers: int = Field(1, ge=1, le=256, description="token shards: processes tokenizing at once (one "
+                               "datatrove task per data-stage shard)")
+    max_tokens_per_shard: int | None = Field(None, ge=1000, description="token shards: cut each task's output of a "
+                                             "domain into files of about this many tokens; null = one file per task "
+                                             "and domain")
     # ---- evaluation report
     heldout_fraction: float = Field(0.05, ge=0.0, le=0.5, description="share of each (language, domain) group's "
                                     "documents held out from training and measured in the report")
@@ -128,15 +156,24 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     from hfpipe.stages.tokenizer import report as tr
 
     # ---------------------------------------------------------------- documents: held-out split, training mix
+    # planned on the documents' metadata (scan_docs: no text kept), then streamed: only what the plan needs is read
     t0, c0 = time.perf_counter(), time.process_time()
     progress("reading documents")
-    docs = tb.read_docs(inputs.upstream["data"])
-    if not docs:
+    reuse = config.pretrained is not None  # trains on nothing: no sample is drawn or read, only held-out text
+    docs = tb.scan_docs(inputs.upstream["data"]) if not reuse or config.heldout_fraction > 0 else []
+    if not docs and not reuse:
         raise HfpipeError(f"tokenizer: no non-empty 'text' in {inputs.upstream['data'] / 'data'}", 1)
     train_docs, heldout = tb.split_heldout(docs, config.heldout_fraction)
-    texts, mix = tb.sample_mix(train_docs, language_weights=config.language_weights, domain_weights=config.domain_weights,
-                               alpha=config.balance_alpha, max_bytes=config.max_training_bytes, seed=inputs.seed)
+    picked, mix = ([], {}) if reuse else tb.pick_mix(
+        train_docs, language_weights=config.language_weights, domain_weights=config.domain_weights,
+        alpha=config.balance_alpha, max_bytes=config.max_training_bytes, seed=inputs.seed)
     n_bytes = sum(m["sampled_bytes"] for m in mix.values())
+    repeats: dict[int, int] = {}
+    for d in picked:
+        repeats[d.ordinal] = repeats.get(d.ordinal, 0) + 1
+    # Re-encoding the whole sample costs ~3x the training itself (profiled, benchmarks/README.md): count a subset.
+    every = tb.spread_step(n_bytes, config.training_stats_max_bytes)
+    sample = tb.SampleStream(inputs.upstream["data"], repeats, tr.cap_candidates(heldout, config.heldout_max_bytes), every)
 
     # ---------------------------------------------------------------- train (or load the tokenizer to reuse)
     template = config.chat_template if config.chat_template is not None else default_chat_template()
@@ -144,7 +181,7 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
              else f"loading {config.pretrained}")
     if config.pretrained is None:
         tok, trainer, specials = tb.build(config)
-        tok.train_from_iterator(texts, trainer, length=len(texts))
+        tok.train_from_iterator(sample, trainer, length=len(picked))
         tok = tb.finish(tok, config)
         train_s = time.perf_counter() - t0  # reading + sampling + training: what bench_tokenizer.py compares
         train_cpu_s = time.process_time() - c0  # the same in CPU seconds: immune to other processes' load
@@ -155,6 +192,7 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
                                             chat_template=template, clean_up_tokenization_spaces=False)
         added = []
     else:
+        sample.drain()  # the held-out documents of the report, nothing else
         tokenizer = tb.load_pretrained(config.pretrained, config.gguf_file, inputs.recipe_dir)
         train_s, train_cpu_s = time.perf_counter() - t0, time.process_time() - c0
         added = [t for t in config.special_tokens if t not in tokenizer.get_vocab()]
@@ -165,21 +203,25 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
         tokenizer.chat_template = template
     folder = out_dir / "tokenizer"
     tokenizer.save_pretrained(folder)
-    # Re-encoding the whole sample costs ~3x the training itself (profiled, benchmarks/README.md): count a subset.
-    counted, counted_bytes = tb.spread_subset(texts, n_bytes, config.training_stats_max_bytes)
-    counted_tokens = sum(len(e.ids) for e in tokenizer.backend_tokenizer.encode_batch_fast(counted, add_special_tokens=False))
-    bytes_per_token = counted_bytes / max(counted_tokens, 1)
-    exact = len(counted) == len(texts)
-    n_tokens = counted_tokens if exact else round(n_bytes / bytes_per_token)
+    held_data = tr.cap_per_group([tb.Doc(sample.kept[d.ordinal], d.language, d.domain, d.source) for d in heldout
+                                  if d.ordinal in sample.kept], config.heldout_max_bytes)
+    counted = sample.counted  # training stats on the counted subset of the sample (a reused tokenizer: none)
 
     # ---------------------------------------------------------------- held-out report, ours beside the reference
     t1 = time.perf_counter()
     progress("measuring held-out text" + (f" beside {config.reference}" if config.reference else ""))
-    held = tr.cap_per_group(heldout, config.heldout_max_bytes)
+    held = list(held_data)
     if config.bundled_heldout:
         held += tr.cap_per_group(tb.read_jsonl_docs(tr.BUNDLED_HELDOUT), config.heldout_max_bytes)
     if not held:
         raise HfpipeError("tokenizer: no held-out text to report on (heldout_fraction 0 and bundled_heldout false)", 2)
+    if reuse:  # no training sample: bytes per token on the held-out text
+        counted = [d.text for d in held]
+    counted_bytes = sum(len(t.encode("utf-8")) for t in counted)
+    counted_tokens = sum(len(e.ids) for e in tokenizer.backend_tokenizer.encode_batch_fast(counted, add_special_tokens=False))
+    bytes_per_token = counted_bytes / max(counted_tokens, 1)
+    exact = reuse or len(counted) == len(picked)
+    n_tokens = 0 if reuse else counted_tokens if exact else round(n_bytes / bytes_per_token)
     ours = tr.measure(tokenizer, held)
     reference, ref_info = None, {"name": config.reference, "gguf_file": config.reference_gguf_file}
     if config.reference:
@@ -211,11 +253,24 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
 
     # ---------------------------------------------------------------- self-check on the saved folder
     check(folder)
-    return {"vocab_size": len(tokenizer), "training_docs": len(texts), "training_bytes": n_bytes,
+
+    # ---------------------------------------------------------------- token shards: the corpus tokenized once
+    shards = {}
+    if config.token_shards:
+        from hfpipe.stages.tokenizer.shard_writer import write_shards
+        from hfpipe.stages.tokenizer.shards import SHARDS, domain_folder
+
+        progress("tokenizing the corpus into token shards")
+        index = write_shards(inputs.upstream["data"], folder, out_dir / SHARDS, seed=inputs.seed, bos_token=BOS_TOKEN,
+                             workers=config.token_workers, max_tokens_per_file=config.max_tokens_per_shard)
+        shards = {"shard_tokens": index["tokens"], "shard_files": sum(map(len, index["domains"].values())),
+                  **{f"shard_tokens_{domain_folder(d).lower()}": sum(r["tokens"] for r in rows)
+                     for d, rows in index["domains"].items()}}
+    return {"vocab_size": len(tokenizer), "training_docs": len(picked), "training_bytes": n_bytes,
             "training_tokens": n_tokens, "training_tokens_exact": exact,
             "bytes_per_token": round(bytes_per_token, 4),
             "train_s": round(train_s, 3), "train_cpu_s": round(train_cpu_s, 3), "train_mb_per_s": round(n_bytes / 1e6 / max(train_s, 1e-9), 3),
-            "report_s": round(report_s, 3), "chat_template_sha256": template_sha, **tr.summary_metrics(report)}
+            "report_s": round(report_s, 3), "chat_template_sha256": template_sha, **tr.summary_metrics(report), **shards}
 
 
 def check(folder: Path) -> None:
@@ -270,12 +325,15 @@ def inspect(folder: Path, stages: dict[str, Path], *, domain: str | None = None,
 
 def describe(c: Config, recipe) -> dict:
     """For `hfpipe run --dry-run`: the tokenizers trainer (or the reused tokenizer) and its settings."""
+    from hfpipe.stages.tokenizer.shards import describe_shards
+
+    shards = describe_shards(c, recipe)
     if c.pretrained:
         return {"engine": {"library": "transformers.AutoTokenizer", "pretrained": c.pretrained,
-                           "gguf_file": c.gguf_file}, "expected": {}}
+                           "gguf_file": c.gguf_file, **shards}, "expected": {}}
     return {"engine": {"library": f"tokenizers.trainers.{'BpeTrainer' if c.model == 'bpe' else 'UnigramTrainer'}",
                        "pre_tokenizer": c.pre_tokenizer, "vocab_size": c.vocab_size,
-                       "max_training_bytes": c.max_training_bytes},
+                       "max_training_bytes": c.max_training_bytes, **shards},
             "expected": {"vocab_size": c.vocab_size}}
 
 

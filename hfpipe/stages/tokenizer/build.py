@@ -29,6 +29,8 @@ class Doc:
     domain: str
     source: str = ""
     nbytes: int = -1  # UTF-8 length, computed once (the split, the mix and the stage's metrics all need it)
+    digest: bytes = b""  # sha256 of the text; set by scan_docs, whose documents carry no text
+    ordinal: int = -1  # position in the data stage's output (scan_docs): where a streamed pass finds the text
 
     def __post_init__(self):
         if self.nbytes < 0:
@@ -48,6 +50,57 @@ def read_docs(stage_dir: Path) -> list[Doc]:
 
     return [Doc(text, str(meta.get("language") or "unknown"), str(meta.get("domain") or "unknown"),
                 str(meta.get("source") or "")) for text, meta in iter_documents(stage_dir)]
+
+
+def scan_docs(stage_dir: Path) -> list[Doc]:
+    """Every non-empty document of the data stage without its text: group, source, UTF-8 length, sha256 and ordinal
+    (~100 bytes each, whatever the document's size). split_heldout and pick_mix plan on these; SampleStream then
+    reads the texts the plan needs, one at a time."""
+    from hfpipe.stages.data.corpus import iter_documents
+
+    out = []
+    for i, (text, meta) in enumerate(iter_documents(stage_dir)):
+        raw = text.encode("utf-8")
+        out.append(Doc("", str(meta.get("language") or "unknown"), str(meta.get("domain") or "unknown"),
+                       str(meta.get("source") or ""), len(raw), hashlib.sha256(raw).digest(), i))
+    return out
+
+
+class SampleStream:
+    """The training sample streamed from the data stage, for ``train_from_iterator``: iterating yields each planned
+    document's text as many times as the plan repeats it, in the data stage's order (BPE merges depend only on
+    the multiset of texts). Meanwhile it keeps the texts of ``wanted`` documents (the held-out report's, bounded by
+    its byte cap) in ``kept`` and every ``every``-th yielded text in ``counted`` (the training-stats subset). Nothing
+    else is held (one document at a time), and reading stops after the last document the plan needs."""
+
+    def __init__(self, stage_dir: Path, repeats: dict[int, int], wanted: set[int], every: int = 1):
+        self.stage_dir, self.repeats, self.wanted, self.every = stage_dir, repeats, wanted, max(1, every)
+        self.kept: dict[int, str] = {}
+        self.counted: list[str] = []
+        self.yielded = 0
+
+    def __iter__(self):
+        from hfpipe.stages.data.corpus import iter_documents
+
+        needed = set(self.wanted) | set(self.repeats)
+        if not needed:
+            return
+        last = max(needed)
+        for i, (text, _) in enumerate(iter_documents(self.stage_dir)):
+            if i in self.wanted:
+                self.kept[i] = text
+            for _ in range(self.repeats.get(i, 0)):
+                if self.yielded % self.every == 0:
+                    self.counted.append(text)
+                self.yielded += 1
+                yield text
+            if i == last:  # nothing after it is needed: stop reading
+                return
+
+    def drain(self) -> None:
+        """Read through without training (a reused tokenizer: only the kept texts are wanted)."""
+        for _ in self:
+            pass
 
 
 def read_jsonl_docs(path: Path) -> list[Doc]:
@@ -83,7 +136,7 @@ def split_heldout(docs: list[Doc], fraction: float) -> tuple[list[Doc], list[Doc
         if fraction <= 0 or len(group) < 2:  # nothing held out: no need to hash
             train += group
             continue
-        ordered = sorted(group, key=lambda d: hashlib.sha256(d.text.encode("utf-8")).digest())
+        ordered = sorted(group, key=lambda d: d.digest or hashlib.sha256(d.text.encode("utf-8")).digest())
         k = min(math.ceil(fraction * len(ordered)), len(ordered) - 1) if fraction > 0 else 0
         heldout += ordered[:k]
         train += ordered[k:]
@@ -92,10 +145,19 @@ def split_heldout(docs: list[Doc], fraction: float) -> tuple[list[Doc], list[Doc
 
 def sample_mix(docs: list[Doc], *, language_weights: dict[str, float], domain_weights: dict[str, float],
                alpha: float, max_bytes: int | None, seed: int) -> tuple[list[str], dict[str, dict]]:
-    """The training texts, drawn by group: group g = (language, domain) gets a share of the byte budget proportional
+    """The training texts of pick_mix's documents, in its order."""
+    picked, mix = pick_mix(docs, language_weights=language_weights, domain_weights=domain_weights, alpha=alpha,
+                           max_bytes=max_bytes, seed=seed)
+    return [d.text for d in picked], mix
+
+
+def pick_mix(docs: list[Doc], *, language_weights: dict[str, float], domain_weights: dict[str, float],
+             alpha: float, max_bytes: int | None, seed: int) -> tuple[list[Doc], dict[str, dict]]:
+    """The training documents, drawn by group: group g = (language, domain) gets a share of the byte budget proportional
     to ``bytes(g) ** alpha * language_weights[lang] * domain_weights[domain]`` (weights default to 1; alpha 1 keeps the
     natural proportions, 0 makes groups equal). Within a group documents come in a seeded random order and repeat
-    when its share exceeds its text (upsampling). Returns the texts and, per group, natural and sampled bytes."""
+    when its share exceeds its text (upsampling). Returns the documents (with repeats) and, per group, natural and
+    sampled bytes."""
     groups = _by_group(docs)
     natural = {g: sum(d.nbytes for d in ds) for g, ds in groups.items()}
     weight = {g: (natural[g] ** alpha) * language_weights.get(g[0], 1.0) * domain_weights.get(g[1], 1.0) for g in groups}
@@ -104,7 +166,7 @@ def sample_mix(docs: list[Doc], *, language_weights: dict[str, float], domain_we
         raise HfpipeError("tokenizer.language_weights/domain_weights: every (language, domain) group has weight 0", 2)
     budget = max_bytes if max_bytes is not None else sum(natural.values())
     rng = random.Random(seed)
-    texts, mix = [], {}
+    picked, mix = [], {}
     for g, ds in groups.items():
         target = budget * weight[g] / total_w
         order = list(ds)
@@ -112,22 +174,27 @@ def sample_mix(docs: list[Doc], *, language_weights: dict[str, float], domain_we
         taken, i = 0, 0
         while taken < target and weight[g] > 0:
             d = order[i % len(order)]
-            texts.append(d.text)
+            picked.append(d)
             taken += d.nbytes
             i += 1
         mix[f"{g[0]}/{g[1]}"] = {"docs": len(ds), "natural_bytes": natural[g], "sampled_bytes": taken, "sampled_docs": i}
     total = sum(m["sampled_bytes"] for m in mix.values())
     for m in mix.values():
         m["share"] = round(m["sampled_bytes"] / max(total, 1), 4)
-    return texts, mix
+    return picked, mix
+
+
+def spread_step(total_bytes: int, max_bytes: int | None) -> int:
+    """k of spread_subset: every k-th text keeps about max_bytes of total_bytes (None = all, k = 1)."""
+    import math
+
+    return 1 if max_bytes is None or total_bytes <= max_bytes else math.ceil(total_bytes / max_bytes)
 
 
 def spread_subset(texts: list[str], total_bytes: int, max_bytes: int | None) -> tuple[list[str], int]:
     """Every k-th text, k chosen so about max_bytes UTF-8 bytes are kept (None = all), spread over the sample's
     groups (it is ordered group by group); returns the texts and their byte count."""
-    import math
-
-    step = 1 if max_bytes is None or total_bytes <= max_bytes else math.ceil(total_bytes / max_bytes)
+    step = spread_step(total_bytes, max_bytes)
     out = texts[::step]
     return out, (total_bytes if step == 1 else sum(len(t.encode("utf-8")) for t in out))
 

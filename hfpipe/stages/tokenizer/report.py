@@ -39,6 +39,24 @@ def cap_per_group(docs: list[Doc], max_bytes: int) -> list[Doc]:
     return out
 
 
+def cap_candidates(docs: list[Doc], max_bytes: int) -> set[int]:
+    """The ordinals of the documents (scan_docs: no text) that cap_per_group can take text from, in the same order:
+    those before their group's cap is reached, and a few after it (a cut at a character boundary may leave up to
+    3 bytes of room). A streamed read keeps only these."""
+    used: dict = {}
+    after: dict = {}
+    out = set()
+    for d in docs:
+        room = max_bytes - used.get(d.group, 0)
+        if room > 0:
+            out.add(d.ordinal)
+            used[d.group] = used.get(d.group, 0) + min(d.nbytes, room)
+        elif after.get(d.group, 0) < 4:
+            out.add(d.ordinal)
+            after[d.group] = after.get(d.group, 0) + 1
+    return out
+
+
 def _partial_ids(tokenizer) -> set[int]:
     """Ids of tokens that are not a whole character: <0xNN> byte pieces, or tokens decoding to U+FFFD alone."""
     backend = tokenizer.backend_tokenizer

@@ -10,7 +10,7 @@ data stage exposes the constructor arguments as recipe keys. One step family per
 - ``code``             MalwareSignatureFilter, CodeQualityFilter, SecretsFilter, LicenseHeaderTagger
 - ``pii``              PIIRedactor (formatter: <EMAIL> <IP> <PHONE> <SECRET>)
 - ``language``         LanguageTagger (py3langid: metadata language / language_score, optional keep-list)
-- ``decontamination``  EvalDecontaminationFilter (n-gram overlap with hfpipe/tasks/**: reason "contaminated")
+- ``decontamination``  EvalDecontaminationFilter (n-gram overlap with the eval plan's tasks: reason "contaminated")
 - ``minhash``          ``minhash_pipelines`` / ``minhash_tasks`` / ``run_minhash`` (datatrove's four MinHash passes)
 - ``classifier``       QualityClassifierFilter (hashed n-gram logistic regression: metadata quality_score)
 - ``routing``          OnlyDomains, OnlyLanguages, ForDomain (route a step to some domains or languages), ``preload``
@@ -72,7 +72,7 @@ def _quality_classifier(config: Config) -> PipelineStep:
 
 
 def _decontaminate(config: Config) -> PipelineStep:
-    return EvalDecontaminationFilter(n_grams=config.decontamination_ngrams)
+    return EvalDecontaminationFilter(n_grams=config.decontamination_ngrams, tasks=config.decontamination_tasks)
 
 
 def _language_id(config: Config) -> PipelineStep:
@@ -126,13 +126,17 @@ if tuple(STEP_BUILDERS) != STEP_NAMES:  # the Config validated the recipe's chai
     raise ImportError(f"hfpipe.stages.data.STEP_NAMES {STEP_NAMES} and STEP_BUILDERS {tuple(STEP_BUILDERS)} differ")
 
 
-def domain_steps(domain: str, config: Config, dropped: Path | None = None) -> list[tuple[str, PipelineStep]]:
+def domain_steps(domain: str, config: Config, dropped: Path | None = None,
+                 ledger: Path | None = None) -> list[tuple[str, PipelineStep]]:
     """(label, datatrove step) of one domain's chain, in the recipe's order; language-specific rules wrapped so that
     they judge only documents in their languages (``rule_languages``). With ``dropped``, every filter keeps what it
-    drops through datatrove's ``exclusion_writer`` in ``<dropped>/<step>/<domain>/`` (DroppedWriter)."""
+    drops through datatrove's ``exclusion_writer`` in ``<dropped>/<step>/<domain>/`` (DroppedWriter); with ``ledger``,
+    the decontaminate step writes what it checked and dropped there (the stage's contamination.json)."""
     steps = []
     for name in config.chains.get(domain, ()):
         step, languages = STEP_BUILDERS[name](config), config.rule_languages.get(name)
+        if ledger is not None and isinstance(step, EvalDecontaminationFilter):
+            step.report_folder = Path(ledger)
         if dropped is not None and isinstance(step, BaseFilter):
             step.exclusion_writer = DroppedWriter(str(dropped / name / domain))
         steps.append((f"{domain}:{name}", OnlyLanguages(step, languages) if languages else step))

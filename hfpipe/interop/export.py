@@ -1,0 +1,200 @@
+"""``hfpipe export RECIPE --stage S --to trl|lm-eval|accelerate DIR``: one stage of a recipe as the files the
+upstream command lines take as they are, with the data in the format they read.
+
+- ``trl`` (sft, preference dpo/kto): ``DIR/<command>.yaml`` for ``trl sft|dpo|kto --config DIR/<command>.yaml``: the
+  stage's TRL arguments (the same builder the stage runs: ``trl_kwargs``), the model it starts from
+  (``model_name_or_path``) and the training rows hfpipe trains on, in its order (``DIR/data/train.jsonl``; held-out
+  rows in ``test.jsonl``), in TRL's conversational formats (tool calls included);
+- ``lm-eval`` (eval): ``DIR/tasks/``, a task folder for ``lm_eval --include_path DIR/tasks`` (the recipe's bundled
+  tasks with their data and scorers), and ``DIR/command.txt`` / ``DIR/simple_evaluate.json``: the stage's arguments;
+- ``accelerate`` (pretrain): ``DIR/accelerate.yaml`` for ``accelerate launch --config_file``.
+
+Not yet: ``--to datatrove`` (the data stage builds its passes inside run(); ``recipe.data.to_datatrove()`` needs them
+built by one function first).
+
+Export the tiny recipe's SFT: ``hfpipe export recipes/tiny.yaml --stage sft --to trl out/sft`` (its upstream model
+stage finished: ``hfpipe run recipes/tiny.yaml --until pretrain``).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+from pathlib import Path
+
+import yaml
+
+from hfpipe.errors import HfpipeError
+
+TARGETS = {"trl": ("sft", "preference"), "lm-eval": ("eval",), "accelerate": ("pretrain",)}
+TRL_COMMANDS = {"sft": "sft", "dpo": "dpo", "kto": "kto"}
+
+
+def export(recipe, stage: str, to: str, out: Path, runs_dir: Path) -> list[Path]:
+    """Write the export; returns the files a user runs (the config / script first)."""
+    if to not in TARGETS:
+        raise HfpipeError(f"export --to {to}: expected one of {', '.join(TARGETS)}", 2)
+    if stage not in TARGETS[to]:
+        raise HfpipeError(f"export --stage {stage} --to {to}: {to} exports the {' or '.join(TARGETS[to])} stage", 2)
+    if getattr(recipe, stage, None) is None:
+        raise HfpipeError(f"export --stage {stage}: {recipe.path or recipe.name} has no {stage} section", 2)
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if to == "trl":
+        return export_trl(recipe, stage, out, runs_dir)
+    if to == "lm-eval":
+        return export_lm_eval(recipe, out, runs_dir)
+    path = out / "accelerate.yaml"
+    path.write_text(yaml.safe_dump(recipe.pretrain.to_accelerate(), sort_keys=False))
+    return [path]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Where the stage's model comes from
+
+
+def stage_inputs(recipe, stage: str, runs_dir: Path):
+    """The Inputs hfpipe's runner would hand ``stage``: its upstream folders must be finished."""
+    from hfpipe import runner
+    from hfpipe.stages import Inputs, read_manifest
+
+    plans = {p.name: p for p in runner.plan(recipe, Path(runs_dir))}
+    p = plans[stage]
+    missing = [s for s in p.upstream if not plans[s].done]
+    if missing:
+        raise HfpipeError(f"export --stage {stage}: it reads the finished {', '.join(missing)} stage; run "
+                          f"`hfpipe run {recipe.path} --until {missing[-1]}` first", 2)
+    upstream = {s: plans[s].folder for s in p.upstream}
+    return Inputs(recipe_name=recipe.name, seed=recipe.seed, recipe_dir=recipe.recipe_dir, upstream=upstream,
+                  manifests={s: read_manifest(f) for s, f in upstream.items()}, model_stage=p.model_stage,
+                  base_model=recipe.base_model, fingerprint=p.fingerprint, recipe_yaml=recipe.to_yaml())
+
+
+def export_model(inputs, stage: str, out: Path) -> tuple[str, dict, object]:
+    """(model_name_or_path, model_init_kwargs, tokenizer as the stage loads it): a local model is copied to
+    ``out/model`` with that tokenizer (so its chat template is the one hfpipe trains with); a Hub id stays an id."""
+    from hfpipe.models import load_tokenizer, model_location
+
+    where, kwargs = model_location(inputs, stage)
+    tokenizer = load_tokenizer(where, **kwargs)
+    kwargs = {k: v for k, v in kwargs.items() if v not in (None, False)}
+    if not Path(where).is_dir() or "gguf_file" in kwargs:
+        return where, kwargs, tokenizer
+    target = out / "model"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(where, target, ignore=shutil.ignore_patterns("*.gguf"))
+    tokenizer.save_pretrained(target)
+    return str(target), kwargs, tokenizer
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# TRL
+
+
+def _jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def export_trl(recipe, stage: str, out: Path, runs_dir: Path) -> list[Path]:
+    from hfpipe.posttrain.data import load_stage_mixture
+    from hfpipe.stages import load_module
+
+    config, module = getattr(recipe, stage), load_module(stage)
+    command = TRL_COMMANDS.get(getattr(config, "method", stage))
+    if command is None:
+        raise HfpipeError(f"export --stage {stage}: the trl command line has no '{config.method}' command "
+                          f"(it has {', '.join(TRL_COMMANDS)}); use recipe.{stage}.to_trl() in Python", 2)
+    inputs = stage_inputs(recipe, stage, runs_dir)
+    model, init_kwargs, tokenizer = export_model(inputs, stage, out)
+    args = {k: v for k, v in module.trl_kwargs(config, out / "output", recipe.seed, recipe.name).items()
+            if v is not None}
+    if stage == "sft":
+        mixture, _ = load_stage_mixture(config, "sft", "conversation", recipe.recipe_dir, recipe.seed)
+        train, held = mixture.train, [r for rows in mixture.eval.values() for r in rows[: config.max_eval_rows]]
+        if config.assistant_only_loss:  # the template the stage trains with: {% generation %} around assistant turns
+            from hfpipe.posttrain.templates import training_chat_template
+
+            template = out / "chat_template.jinja"
+            template.write_text(training_chat_template(tokenizer, "sft.assistant_only_loss"))
+            args["chat_template_path"] = str(template)
+    else:
+        mixture, _ = load_stage_mixture(config, stage, "preference" if config.method != "kto" else "unpaired",
+                                        recipe.recipe_dir, recipe.seed)
+        held = [r for rows in mixture.eval.values() for r in rows[: config.max_eval_pairs]]
+        train, held = module.fitting(mixture.train, tokenizer, config), module.fitting(held, tokenizer, config)
+    _jsonl(out / "data" / "train.jsonl", train)
+    _jsonl(out / "data" / "test.jsonl", held)
+    if init_kwargs:
+        args["model_init_kwargs"] = init_kwargs
+    path = out / f"{command}.yaml"
+    header = (f"# hfpipe export of {recipe.name}.{stage} (hfpipe {_version()}): the trl.{_config_name(stage, config)} "
+              f"arguments the stage trains with.\n# Run: trl {command} --config {path}\n")
+    doc = {"model_name_or_path": model, "dtype": "float32", "dataset_name": str(out / "data"),
+           "dataset_train_split": "train", "dataset_test_split": "test", **args}
+    path.write_text(header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    (out / "README.md").write_text(f"Exported by hfpipe from {recipe.path}, stage {stage}.\n\n"
+                                   f"    trl {command} --config {shlex.quote(str(path))}\n")
+    return [path]
+
+
+def _config_name(stage: str, config) -> str:
+    return "SFTConfig" if stage == "sft" else f"{config.method.upper()}Config"
+
+
+def _version() -> str:
+    import hfpipe
+
+    return hfpipe.__version__
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# lm-eval
+
+
+def export_lm_eval(recipe, out: Path, runs_dir: Path) -> list[Path]:
+    """The recipe's bundled tasks as a folder for ``--include_path`` (task YAMLs, their data and Python helpers),
+    the model the stage scores, and the stage's ``simple_evaluate`` arguments as a command line."""
+    from hfpipe.stages.eval import TASKS_DIR, evaluate_kwargs
+
+    config = recipe.eval
+    if config.backend != "hf":
+        raise HfpipeError(f"export --to lm-eval: eval.backend is {config.backend}; the export writes the hf model", 2)
+    inputs = stage_inputs(recipe, "eval", runs_dir)
+    model, init_kwargs, _ = export_model(inputs, "eval", out)
+    tasks = out / "tasks"
+    if tasks.exists():
+        shutil.rmtree(tasks)
+    shutil.copytree(TASKS_DIR, tasks, ignore=shutil.ignore_patterns("__pycache__"))
+    kwargs = evaluate_kwargs(config, recipe.seed)
+    model_args = {"pretrained": model, **init_kwargs, **_model_args(config)}
+    (out / "simple_evaluate.json").write_text(json.dumps({**kwargs, "batch_size": config.batch_size, "model": "hf",
+                                                          "model_args": model_args, "include_path": str(tasks)},
+                                                         indent=1) + "\n")
+    argv = ["lm_eval", "--model", "hf", "--model_args", ",".join(f"{k}={v}" for k, v in model_args.items()),
+            "--tasks", ",".join(kwargs["tasks"]), "--include_path", str(tasks),
+            *(["--num_fewshot", str(kwargs["num_fewshot"])] if kwargs["num_fewshot"] is not None else []),
+            "--batch_size", str(config.batch_size),
+            "--seed", str(kwargs["random_seed"])]  # bootstrap_iters: the CLI has no flag (stderr only, not scores)
+    if kwargs.get("limit") is not None:
+        argv += ["--limit", str(kwargs["limit"])]
+    if kwargs.get("gen_kwargs"):
+        argv += ["--gen_kwargs", ",".join(f"{k}={v}" for k, v in kwargs["gen_kwargs"].items())]
+    if kwargs.get("apply_chat_template"):
+        argv.append("--apply_chat_template")
+    if kwargs.get("confirm_run_unsafe_code"):
+        argv.append("--confirm_run_unsafe_code")
+    if kwargs.get("log_samples"):
+        argv += ["--log_samples", "--output_path", str(out / "results")]
+    path = out / "command.txt"
+    path.write_text(shlex.join(argv) + "\n")
+    return [path, tasks]
+
+
+def _model_args(config) -> dict:
+    """HFLM's arguments beside the model that the stage passes (max_length, the recipe's model_args), float32."""
+    args = {"dtype": "float32", **({"max_length": config.max_length} if config.max_length else {}),
+            **dict(config.model_args)}
+    return args

@@ -80,6 +80,8 @@ def test_where_the_work_runs_is_not_in_the_fingerprint_but_what_it_computes_is()
 
     base = fingerprints()
     assert fingerprints("data.executor=slurm", "data.slurm.partition=gpu", "data.ray.cpus_per_task=2") == base
-    assert fingerprints("pretrain.slurm.partition=gpu")["pretrain"] == base["pretrain"]
+    # Slurm runs the same accelerate launch as a local multi-process run (bit-identical weights, tests/test_cluster.py)
+    local = fingerprints("pretrain.num_processes=2")["pretrain"]
+    assert fingerprints("pretrain.num_processes=2", "pretrain.slurm.partition=gpu")["pretrain"] == local != base["pretrain"]
     moved = fingerprints("data.tasks=2")
     assert moved["data"] != base["data"] and moved["pretrain"] != base["pretrain"]

@@ -102,7 +102,9 @@ def test_exact_duplicates_removed(tiny_run):
     assert metrics["docs_dropped_duplicate"] == n_dups
     texts = [d["text"] for d in docs]
     assert len(texts) == len(set(texts))
-    assert set(code) <= set(texts)  # one copy of every duplicated module survives
+    duplicated = {t for t in code if code.count(t) > 1}
+    assert duplicated and duplicated <= set(texts)  # one copy of every duplicated module survives
+    # (other modules may leave changed: the code chain redacts PII, e.g. authors' e-mail addresses, to <EMAIL>)
 
 
 def test_low_quality_prose_dropped_with_reason(tiny_run):

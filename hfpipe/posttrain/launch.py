@@ -224,3 +224,12 @@ def describe_launch(config_name: str, num_processes: int, recipe_dir: Path, modu
     if "deepspeed_config" in settings:
         keep["deepspeed"] = settings["deepspeed_config"]
     return {"launch": shlex.join(argv), "accelerate_config": str(cfg), "accelerate_settings": keep}
+
+
+def resolve_precision(precision: str) -> str:
+    """auto -> bf16 on a CUDA device that supports it, else fp32 (every training stage, pretraining included)."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"

@@ -16,6 +16,7 @@ from pydantic.fields import FieldInfo
 from hfpipe.errors import HfpipeError, first_line
 from hfpipe.posttrain.data import DatasetSpec
 from hfpipe.stages import StageConfig, Tracker
+from hfpipe.posttrain.launch import resolve_precision  # noqa: F401 (the stages import it from here)
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Recipe keys. A key's wording or default may differ per stage (the rows it counts, the bundled files); its meaning
@@ -156,15 +157,6 @@ def check_trainer_args(stage: str, config_class: type, c) -> None:
             close = difflib.get_close_matches(key, fields, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise HfpipeError(f"{where}: not an argument of trl.{config_class.__name__}{hint}", 2)
-
-
-def resolve_precision(precision: str) -> str:
-    """auto -> bf16 on a CUDA device that supports it, else fp32."""
-    if precision != "auto":
-        return precision
-    import torch
-
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
 
 
 def trl_arguments(c, work_dir: Path, seed: int, *, job=None, run_name: str = "", **stage_args) -> dict:

@@ -149,7 +149,7 @@ class Config(StageConfig):
         return self.num_processes > 1 or self.accelerate_config is not None or self.slurm is not None
 
     def resolved_precision(self) -> str:
-        from hfpipe.posttrain.trainer import resolve_precision
+        from hfpipe.posttrain.launch import resolve_precision
 
         return resolve_precision(self.precision)
 

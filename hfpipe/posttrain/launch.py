@@ -139,13 +139,9 @@ def launch(stage: str, config, inputs: Inputs, out_dir: Path, *, module: str, nu
         while (rc := proc.poll()) is None:
             time.sleep(0.5)
             shown = _show_progress(out_dir / PROGRESS, shown)
-    result = json.loads((out_dir / RESULT).read_text()) if (out_dir / RESULT).is_file() else None
-    for name in (SPEC, RESULT, PROGRESS):  # launch plumbing with this machine's paths: not part of the result
-        (out_dir / name).unlink(missing_ok=True)
-    if result and "metrics" in result:
-        return result["metrics"]
-    if result and "error" in result:
-        raise HfpipeError(result["error"], result["exit_code"])
+    metrics = collect_result(out_dir)
+    if metrics is not None:
+        return metrics
     if stop.signum is not None:
         raise interrupted(stop.signum) if interrupted else TrainingInterrupted(stop.signum, -1, None, stage)
     raise HfpipeError(f"{stage}: `accelerate launch` exited with code {rc} and no result "
@@ -233,3 +229,16 @@ def resolve_precision(precision: str) -> str:
     import torch
 
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def collect_result(out_dir: Path) -> dict | None:
+    """After the ranks ended (local launch or Slurm): rank 0's metrics, or its error raised as it was; None when no
+    rank reported. Removes the launch plumbing, which names this machine's paths and is not part of the result."""
+    result = json.loads((out_dir / RESULT).read_text()) if (out_dir / RESULT).is_file() else None
+    for name in (SPEC, RESULT, PROGRESS):
+        (out_dir / name).unlink(missing_ok=True)
+    if result and "metrics" in result:
+        return result["metrics"]
+    if result and "error" in result:
+        raise HfpipeError(result["error"], result["exit_code"])
+    return None

@@ -50,14 +50,6 @@ def complete(root: Path) -> list[Path]:
     return sorted(p for p in root.glob("step-*") if (p / MARKER).is_file())
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save(accelerator, root: Path, step: int, keep: int) -> Path:
     """Write a checkpoint atomically (all processes call this); returns its folder."""
     final, tmp = root / f"step-{step:08d}", root / f".tmp-step-{step:08d}"

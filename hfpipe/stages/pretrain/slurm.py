@@ -117,7 +117,7 @@ def launch(config, inputs: Inputs, out_dir: Path, mixed_precision: str | None) -
     """Submit the training job, relay its progress, and return rank 0's metrics (or raise its error)."""
     from hfpipe.posttrain.checkpoint import StopFlag, TrainingInterrupted
     from hfpipe.stages.pretrain.checkpoint import complete
-    from hfpipe.posttrain.launch import PROGRESS, RESULT, SPEC, _show_progress, inputs_json
+    from hfpipe.posttrain.launch import PROGRESS, RESULT, SPEC, _show_progress, collect_result, inputs_json
 
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = {"stage": "pretrain", "config": config.model_dump(mode="json"), "inputs": inputs_json(inputs),
@@ -159,13 +159,9 @@ def launch(config, inputs: Inputs, out_dir: Path, mixed_precision: str | None) -
         except BaseException:
             subprocess.run(["scancel", job], capture_output=True)
             raise
-    result = json.loads((out_dir / RESULT).read_text()) if (out_dir / RESULT).is_file() else None
-    for name in (SPEC, RESULT, PROGRESS):  # launch plumbing with this machine's paths: not part of the result
-        (out_dir / name).unlink(missing_ok=True)
-    if result and "metrics" in result:
-        return result["metrics"]
-    if result and "error" in result:
-        raise HfpipeError(result["error"], result["exit_code"])
+    metrics = collect_result(out_dir)
+    if metrics is not None:
+        return metrics
     if stop.signum is not None:  # the ranks died before reporting: name the last complete checkpoint
         done = complete(out_dir / "checkpoints")
         raise TrainingInterrupted(stop.signum, int(done[-1].name.split("-")[1]) if done else -1,

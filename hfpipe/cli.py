@@ -265,7 +265,7 @@ def cmd_export(args) -> int:
     from hfpipe.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
-    for path in export(recipe, args.stage, args.to, Path(args.dir), _runs_dir(args)):
+    for path in export(recipe, args.stage, args.to, Path(args.dir), _runs_dir(args), args.overrides):
         print(path)
     return 0
 
@@ -409,14 +409,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="re-run the serve stage even if it is done")
     p.add_argument("-v", "--verbose", action="store_true", help="also show the libraries' output")
     p.set_defaults(func=cmd_loadtest)
-    p = sub.add_parser("export", help="one stage as the files its library's command line takes: trl sft|dpo "
-                       "--config, lm_eval --include_path, accelerate launch --config_file")
+    p = sub.add_parser("export", help="one stage as the files its library's command line takes: trl sft|dpo|kto|"
+                       "reward|grpo|rloo --config, lm_eval --include_path, accelerate launch --config_file, a datatrove "
+                       "pipeline script")
     p.add_argument("recipe", help="recipe YAML file")
     p.add_argument("dir", help="folder to write the export into")
     p.add_argument("overrides", nargs="*", help="key.path=value overrides")
-    p.add_argument("--stage", required=True, help="sft or preference (--to trl), eval (lm-eval), pretrain "
-                   "(accelerate)")
-    p.add_argument("--to", required=True, choices=["trl", "lm-eval", "accelerate"])
+    p.add_argument("--stage", required=True, help="sft, preference or rl (--to trl), eval (lm-eval), pretrain "
+                   "(accelerate), data (datatrove)")
+    p.add_argument("--to", required=True, choices=["trl", "lm-eval", "accelerate", "datatrove"])
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("import", help="an alignment-handbook / open-r1 recipe (TRL script arguments) as an hfpipe "
                        "recipe, every argument kept")

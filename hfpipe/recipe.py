@@ -82,7 +82,7 @@ class RecipeBase(BaseModel):
         folder holding its README.md), validated, with ``key=value`` overrides. Each stage section then gives the
         objects its library takes, the ones hfpipe's own stage builds: ``recipe.sft.to_trl()`` (trl.SFTConfig),
         ``recipe.preference.to_trl()``, ``recipe.rl.to_trl()``, ``recipe.pretrain.to_transformers()``,
-        ``recipe.pretrain.to_accelerate()``, ``recipe.eval.to_lm_eval()``."""
+        ``recipe.pretrain.to_accelerate()``, ``recipe.eval.to_lm_eval()``, ``recipe.data.to_datatrove()``."""
         path = Path(path_or_card)
         if path.is_dir() or path.suffix.lower() == ".md":
             from hfpipe.reproduce import load_card_recipe

@@ -222,13 +222,19 @@ def _requirements(dist: str, base_only: bool = False) -> set[str]:
     return {_dist_name(r) for r in _installed()["requires"].get(dist, ()) if not (base_only and "extra ==" in r)}
 
 
+# Libraries that only decide where the work runs, as the execution-only recipe keys do (data.executor: ray writes
+# byte-identical output, tests/test_cluster.py): not in a fingerprint, so that installing the hfpipe[ray] extra does
+# not make every data stage (and all after it) stale
+EXECUTION_ENGINES = frozenset({"ray"})
+
+
 def library_versions(module_name: str) -> dict[str, str]:
     """Versions of the libraries a stage's code imports, and of those libraries' own requirements that hfpipe also
     depends on (datatrove's word tokenizers use spacy; transformers' loading uses safetensors): computed from the
     import closure, so a library that can change the stage's result is in its fingerprint and its card."""
     ours = _requirements("hfpipe", base_only=True)
     facts = _installed()
-    direct = {d for name in closure(module_name).libraries for d in facts["names"].get(name, ())}
+    direct = {d for name in closure(module_name).libraries for d in facts["names"].get(name, ())} - EXECUTION_ENGINES
     dists = direct.union(*(_requirements(d) & ours for d in direct))
     return {"python": platform.python_version(), **{d: facts["versions"][d] for d in sorted(dists)
                                                       if d in facts["versions"]}}
@@ -260,6 +266,17 @@ def run_root(recipe, runs_dir: Path) -> Path:
     return Path(runs_dir) / recipe.name
 
 
+def _site_dirs() -> list[Path]:
+    """Where installed packages live (the venv's site-packages, the user's): a file there is keyed by its path inside."""
+    import site
+    import sysconfig
+
+    dirs = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")} | set(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        dirs.add(site.getusersitepackages())
+    return [Path(d).resolve() for d in sorted(dirs)]
+
+
 def _file_hashes(module, config, recipe) -> dict[str, str]:
     getter = getattr(module, "input_files", None)
     if getter is None:
@@ -272,6 +289,8 @@ def _file_hashes(module, config, recipe) -> dict[str, str]:
         resolved = p.resolve()
         if resolved.is_relative_to(_PACKAGE_DIR):  # data shipped inside hfpipe: same key wherever it is installed
             rel = f"hfpipe:{resolved.relative_to(_PACKAGE_DIR)}"
+        elif site := next((d for d in _site_dirs() if resolved.is_relative_to(d)), None):  # data of an installed
+            rel = f"site-packages:{resolved.relative_to(site)}"  # package (HumanEval): the same key in any venv
         else:
             rel = os.path.relpath(resolved, recipe.recipe_dir.resolve())
             if rel.startswith(os.path.join("..", "..")):  # far outside the recipe's project: content counts, not place

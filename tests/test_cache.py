@@ -85,3 +85,16 @@ def test_where_the_work_runs_is_not_in_the_fingerprint_but_what_it_computes_is()
     assert fingerprints("pretrain.num_processes=2", "pretrain.slurm.partition=gpu")["pretrain"] == local != base["pretrain"]
     moved = fingerprints("data.tasks=2")
     assert moved["data"] != base["data"] and moved["pretrain"] != base["pretrain"]
+
+
+def test_the_engine_library_is_not_in_the_fingerprint_but_a_library_that_computes_is(monkeypatch):
+    """ray (the hfpipe[ray] extra) only runs the passes: installing it must not make the data stage stale, as it did
+    between a machine with the extra and CI; datatrove, which computes them, is in the data stage's versions."""
+    from hfpipe import runner
+
+    facts = runner._installed()
+    monkeypatch.setitem(facts["names"], "ray", ["ray"])
+    monkeypatch.setitem(facts["versions"], "ray", "9.9.9")
+    assert "ray" in runner.closure("hfpipe.stages.data").libraries  # the data stage's code does import ray
+    versions = runner.library_versions("hfpipe.stages.data")
+    assert "ray" not in versions and versions["datatrove"] == facts["versions"]["datatrove"]

@@ -147,6 +147,103 @@ def test_trl_dpo_cli_on_the_export_trains_like_the_preference_stage(tiny_model_d
     assert ours[1] != ours[5]
 
 
+def test_sft_lora_exports_as_the_trl_command_lines_peft_arguments(tiny_model_dir, tmp_path):
+    """`trl sft` parses the export with its own parser; get_peft_config gives the recipe's adapters (not a full
+    fine-tune)."""
+    from trl import get_peft_config
+    from trl.scripts.sft import make_parser
+
+    section = {"datasets": [{"name": "hfpipe:sft_chat.jsonl"}], "mixture_rows": 8, "max_eval_rows": 2, "max_steps": 1,
+               "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]}}
+    path = _write_recipe(tmp_path, tiny_model_dir, sft=section)
+    assert _cli("--runs-dir", tmp_path / "runs", "export", path, tmp_path / "x", "--stage", "sft", "--to", "trl") == 0
+    script_args, sft_args, model_args, _ = make_parser().parse_args_and_config(
+        ["--config", str(tmp_path / "x" / "sft.yaml")])
+    lora = get_peft_config(model_args)
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout, sorted(lora.target_modules)) == (4, 8, 0.1,
+                                                                                        ["q_proj", "v_proj"])
+    assert sft_args.max_steps == 1 and script_args.dataset_name == str(tmp_path / "x" / "data")
+
+
+@pytest.mark.slow
+def test_trl_reward_then_grpo_cli_on_the_rl_export_train_with_hfpipes_rewards(tiny_model_dir, tmp_path):
+    """rl exports as its two phases: `trl reward` trains the reward model on the exported pairs, then `trl grpo` trains
+    the policy on the exported prompts, scoring with that reward model and hfpipe's verifiable reward by import path,
+    with the recipe's weights in TRL's order."""
+    from hfpipe.recipe import load_recipe
+
+    section = {"reward_model": {"dataset": "hfpipe:rl_pairs.jsonl", "eval_dataset": "hfpipe:rl_pairs_eval.jsonl",
+                                "max_steps": 2, "per_device_batch_size": 8, "max_length": 128},
+               "algorithm": "grpo", "tasks": ["arithmetic", "json"],
+               "rewards": [{"name": "exact_answer", "weight": 0.5}, {"name": "reward_model", "weight": 2.0}],
+               "max_steps": 2, "per_device_batch_size": 8, "num_generations": 4, "max_completion_length": 8,
+               "eval_prompts": 8, "report_to": ["tensorboard"]}
+    path = _write_recipe(tmp_path, tiny_model_dir, rl=section)
+    recipe, out = load_recipe(path), tmp_path / "export"
+    assert _cli("--runs-dir", tmp_path / "runs", "export", path, out, "--stage", "rl", "--to", "trl") == 0
+    reward, grpo = yaml.safe_load((out / "reward.yaml").read_text()), yaml.safe_load((out / "grpo.yaml").read_text())
+    built = recipe.rl.to_trl(output_dir=out / "output")
+    assert grpo["reward_weights"] == [2.0, 0.5]  # the reward model first, as `trl grpo` puts it
+    assert grpo["reward_funcs"] == ["hfpipe.stages.rl.rewards.exact_answer"]
+    assert grpo["reward_model_name_or_path"] == str(out / "reward_model") == reward["output_dir"]
+    assert (grpo["learning_rate"], grpo["beta"], grpo["num_generations"], grpo["max_steps"]) == (
+        built.learning_rate, built.beta, built.num_generations, built.max_steps)
+    assert reward["max_steps"] == recipe.rl.to_trl(reward_model=True).max_steps == 2
+    prompts = [json.loads(line) for line in (out / "data" / "train.jsonl").read_text().splitlines()]
+    assert prompts and {r["task"] for r in prompts} <= {"arithmetic", "json"} and any(r["answer"] for r in prompts)
+    for command in ("reward", "grpo"):
+        env = {**OFFLINE, "TENSORBOARD_LOGGING_DIR": str(tmp_path / f"tb_{command}")}
+        done = subprocess.run([BIN / "trl", command, "--config", out / f"{command}.yaml"], env=env,
+                              capture_output=True, text=True, timeout=900, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert list((out / "reward_model").glob("*.safetensors")) and list((out / "output").glob("*.safetensors"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for f in (tmp_path / "tb_grpo").rglob("events.out.tfevents*"):
+        acc = EventAccumulator(str(f))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert "train/rewards/exact_answer/mean" in tags, sorted(tags)  # hfpipe's function scored the completions
+    assert any(t.startswith("train/rewards/") and "exact_answer" not in t for t in tags), sorted(tags)  # and the RM
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# recipe.data.to_datatrove() and `hfpipe export --to datatrove`: datatrove's own executor, hfpipe's output
+
+
+def test_the_exported_datatrove_script_writes_the_data_stage_output_byte_for_byte(tmp_path):
+    """`python DIR/pipeline.py` runs recipe.data.to_datatrove()'s passes on datatrove's LocalPipelineExecutor (no
+    hfpipe runner) and writes the same shards as hfpipe's data stage on the tiny recipe's real sources."""
+    from datatrove.pipeline.base import PipelineStep
+
+    import hfpipe
+    from hfpipe import runner
+
+    recipe = hfpipe.Recipe.load(REPO / "recipes" / "tiny.yaml", ["data.dedup.minhash.num_buckets=4"])
+    passes = recipe.data.to_datatrove(tmp_path / "built")
+    assert [p.name for p in passes] == ["1_filter", "2_dedup_signatures", "3_dedup_find", "5_minhash_1",
+                                        "5_minhash_2", "5_minhash_3", "6_dedup", "5_balance_write"]
+    assert all(isinstance(step, PipelineStep) for p in passes for step in p.pipeline)
+    assert passes[4].tasks == 4  # one MinHash bucket task per band
+    [row] = [r for r in runner.run(recipe, tmp_path / "runs", only=["data"]) if r["stage"] == "data"]
+    ours = sorted((Path(row["path"]) / "data").glob("*.jsonl.gz"))
+    assert _cli("export", REPO / "recipes" / "tiny.yaml", tmp_path / "dt", "data.dedup.minhash.num_buckets=4",
+                "--stage", "data", "--to", "datatrove") == 0
+    done = subprocess.run([sys.executable, tmp_path / "dt" / "pipeline.py", "--output", tmp_path / "theirs"],
+                          env=OFFLINE, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    theirs = sorted((tmp_path / "theirs" / "data").glob("*.jsonl.gz"))
+    assert [f.name for f in theirs] == [f.name for f in ours] == ["00000.jsonl.gz"]
+    assert [f.read_bytes() for f in theirs] == [f.read_bytes() for f in ours]
+    assert done.stdout.count("pass ") == 8 and (tmp_path / "theirs" / "datatrove_logs" / "1_filter").is_dir()
+
+
+def test_export_datatrove_refuses_another_stage_in_one_line(tmp_path, capsys):
+    assert _cli("export", REPO / "recipes" / "tiny.yaml", tmp_path / "x", "--stage", "sft", "--to", "datatrove") == 2
+    assert "exports the data stage" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Tool calls as the ecosystem writes them: `tools`, `tool_calls`, `tool` turns
 

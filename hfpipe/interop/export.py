@@ -3,14 +3,20 @@ upstream command lines take as they are, with the data in the format they read.
 
 - ``trl`` (sft, preference dpo/kto): ``DIR/<command>.yaml`` for ``trl sft|dpo|kto --config DIR/<command>.yaml``: the
   stage's TRL arguments (the same builder the stage runs: ``trl_kwargs``), the model it starts from
-  (``model_name_or_path``) and the training rows hfpipe trains on, in its order (``DIR/data/train.jsonl``; held-out
-  rows in ``test.jsonl``), in TRL's conversational formats (tool calls included);
+  (``model_name_or_path``; sft's LoRA as TRL's ``use_peft``/``lora_*`` model arguments) and the training rows hfpipe
+  trains on, in its order (``DIR/data/train.jsonl``; held-out rows in ``test.jsonl``), in TRL's conversational formats
+  (tool calls included);
+- ``trl`` (rl): its two phases as two commands, run in order: ``trl reward --config DIR/reward.yaml`` (the reward
+  model, on ``DIR/reward_data``; written to ``DIR/reward_model``) then ``trl grpo|rloo --config DIR/grpo.yaml``: the
+  prompts (``DIR/data``, with the columns the verifiable rewards read), ``reward_model_name_or_path``, hfpipe's reward
+  functions by import path (``hfpipe.stages.rl.rewards.exact_answer``...) and the weights in TRL's order (the reward
+  model first);
 - ``lm-eval`` (eval): ``DIR/tasks/``, a task folder for ``lm_eval --include_path DIR/tasks`` (the recipe's bundled
   tasks with their data and scorers), and ``DIR/command.txt`` / ``DIR/simple_evaluate.json``: the stage's arguments;
-- ``accelerate`` (pretrain): ``DIR/accelerate.yaml`` for ``accelerate launch --config_file``.
-
-Not yet: ``--to datatrove`` (the data stage builds its passes inside run(); ``recipe.data.to_datatrove()`` needs them
-built by one function first).
+- ``accelerate`` (pretrain): ``DIR/accelerate.yaml`` for ``accelerate launch --config_file``;
+- ``datatrove`` (data): ``DIR/pipeline.py``, a datatrove script (``python DIR/pipeline.py``) that runs the stage's
+  passes (``recipe.data.to_datatrove()``: the steps the stage builds) on datatrove's LocalPipelineExecutor, an executor
+  to swap for Slurm or Ray; it builds them from the recipe file (and overrides) exported, as hfpipe's stage does.
 
 Export the tiny recipe's SFT: ``hfpipe export recipes/tiny.yaml --stage sft --to trl out/sft`` (its upstream model
 stage finished: ``hfpipe run recipes/tiny.yaml --until pretrain``).
@@ -27,11 +33,12 @@ import yaml
 
 from hfpipe.errors import HfpipeError
 
-TARGETS = {"trl": ("sft", "preference"), "lm-eval": ("eval",), "accelerate": ("pretrain",)}
-TRL_COMMANDS = {"sft": "sft", "dpo": "dpo", "kto": "kto"}
+TARGETS = {"trl": ("sft", "preference", "rl"), "lm-eval": ("eval",), "accelerate": ("pretrain",),
+           "datatrove": ("data",)}
+TRL_COMMANDS = {"sft": "sft", "dpo": "dpo", "kto": "kto", "grpo": "grpo", "rloo": "rloo"}
 
 
-def export(recipe, stage: str, to: str, out: Path, runs_dir: Path) -> list[Path]:
+def export(recipe, stage: str, to: str, out: Path, runs_dir: Path, overrides: list[str] = ()) -> list[Path]:
     """Write the export; returns the files a user runs (the config / script first)."""
     if to not in TARGETS:
         raise HfpipeError(f"export --to {to}: expected one of {', '.join(TARGETS)}", 2)
@@ -42,9 +49,11 @@ def export(recipe, stage: str, to: str, out: Path, runs_dir: Path) -> list[Path]
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if to == "trl":
-        return export_trl(recipe, stage, out, runs_dir)
+        return export_trl_rl(recipe, out, runs_dir) if stage == "rl" else export_trl(recipe, stage, out, runs_dir)
     if to == "lm-eval":
         return export_lm_eval(recipe, out, runs_dir)
+    if to == "datatrove":
+        return export_datatrove(recipe, out, overrides)
     path = out / "accelerate.yaml"
     path.write_text(yaml.safe_dump(recipe.pretrain.to_accelerate(), sort_keys=False))
     return [path]
@@ -129,6 +138,7 @@ def export_trl(recipe, stage: str, out: Path, runs_dir: Path) -> list[Path]:
     _jsonl(out / "data" / "test.jsonl", held)
     if init_kwargs:
         args["model_init_kwargs"] = init_kwargs
+    args.update(_peft_arguments(getattr(config, "lora", None)))
     path = out / f"{command}.yaml"
     header = (f"# hfpipe export of {recipe.name}.{stage} (hfpipe {_version()}): the trl.{_config_name(stage, config)} "
               f"arguments the stage trains with.\n# Run: trl {command} --config {path}\n")
@@ -138,6 +148,66 @@ def export_trl(recipe, stage: str, out: Path, runs_dir: Path) -> list[Path]:
     (out / "README.md").write_text(f"Exported by hfpipe from {recipe.path}, stage {stage}.\n\n"
                                    f"    trl {command} --config {shlex.quote(str(path))}\n")
     return [path]
+
+
+def _peft_arguments(lora) -> dict:
+    """sft's ``lora:`` as the TRL command line's model arguments (trl.ModelConfig: use_peft, lora_*), so that
+    ``trl sft`` trains the same adapters (``get_peft_config``) instead of every weight."""
+    if lora is None:
+        return {}
+    return {"use_peft": True, "lora_r": lora.r, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
+            "lora_target_modules": lora.target_modules, "lora_task_type": "CAUSAL_LM",
+            **({"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"} if lora.load_in_4bit else {})}
+
+
+def export_trl_rl(recipe, out: Path, runs_dir: Path) -> list[Path]:
+    """The rl stage's two phases as ``trl reward`` then ``trl grpo|rloo`` configs, with the rows the stage reads."""
+    from hfpipe.posttrain.data import load_preferences, load_split
+    from hfpipe.posttrain.decontamination import Decontaminator
+    from hfpipe.stages.rl import policy_kwargs, reward_kwargs, rewards
+
+    config = recipe.rl
+    inputs = stage_inputs(recipe, "rl", runs_dir)
+    model, init_kwargs, _ = export_model(inputs, "rl", out)
+    decontaminator = Decontaminator.from_config(config)
+    train, held, _, _ = rewards.load_prompt_split(config, inputs, decontaminator)
+    common = {"model_name_or_path": model, "dtype": "float32", "dataset_train_split": "train",
+              "dataset_test_split": "test", **({"model_init_kwargs": init_kwargs} if init_kwargs else {})}
+    files, uses_rm = [], any(r.name == rewards.REWARD_MODEL for r in config.rewards)
+    rm_dir = out / "reward_model"
+    if config.reward_model is not None and uses_rm:  # phase 1: the reward model
+        rm = config.reward_model
+        rm_train, rm_held, _, _ = load_split(rm.dataset, rm.eval_dataset, recipe.recipe_dir, "rl.reward_model",
+                                             load_preferences, rm.eval_fraction, decontaminator=decontaminator)
+        _jsonl(out / "reward_data" / "train.jsonl", rm_train)
+        _jsonl(out / "reward_data" / "test.jsonl", rm_held)
+        args = {k: v for k, v in reward_kwargs(config, rm_dir, recipe.seed, recipe.name).items() if v is not None}
+        files.append(_trl_yaml(recipe, "rl.reward_model", "RewardConfig", "reward", out,
+                               {**common, "dataset_name": str(out / "reward_data"), **args}))
+    # phase 2: the policy. TRL's script puts the reward model first, then the functions in the order given
+    funcs = [r for r in config.rewards if r.name != rewards.REWARD_MODEL]
+    weights = [r.weight for r in config.rewards if r.name == rewards.REWARD_MODEL] + [r.weight for r in funcs]
+    args = {k: v for k, v in policy_kwargs(config, out / "output", recipe.seed, recipe.name).items() if v is not None}
+    args["reward_weights"] = weights
+    _jsonl(out / "data" / "train.jsonl", train)
+    _jsonl(out / "data" / "test.jsonl", held)
+    doc = {**common, "dataset_name": str(out / "data"),
+           **({"reward_model_name_or_path": str(rm_dir)} if uses_rm else {}),
+           "reward_funcs": [f"{rewards.__name__}.{rewards.FUNCTIONS[r.name][0].__name__}" for r in funcs] or None,
+           **args}
+    files.append(_trl_yaml(recipe, "rl", f"{config.algorithm.upper()}Config", config.algorithm, out,
+                           {k: v for k, v in doc.items() if v is not None}))
+    (out / "README.md").write_text(f"Exported by hfpipe from {recipe.path}, stage rl: run in this order\n\n"
+                                   + "".join(f"    trl {f.stem} --config {shlex.quote(str(f))}\n" for f in files))
+    return files
+
+
+def _trl_yaml(recipe, key: str, config_class: str, command: str, out: Path, doc: dict) -> Path:
+    path = out / f"{command}.yaml"
+    header = (f"# hfpipe export of {recipe.name}.{key} (hfpipe {_version()}): the trl.{config_class} arguments the "
+              f"stage trains with.\n# Run: trl {command} --config {path}\n")
+    path.write_text(header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    return path
 
 
 def _config_name(stage: str, config) -> str:
@@ -198,3 +268,55 @@ def _model_args(config) -> dict:
     args = {"dtype": "float32", **({"max_length": config.max_length} if config.max_length else {}),
             **dict(config.model_args)}
     return args
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# datatrove
+
+PIPELINE_SCRIPT = '''"""The data stage of hfpipe recipe {name!r} as a datatrove pipeline (exported by hfpipe {version}).
+
+Run: python {script} [--workers N] [--output DIR]   (default output: {output}; the documents land in DIR/data/)
+
+recipe.data.to_datatrove() builds the passes exactly as hfpipe's data stage builds them, from the recipe file below
+(edit it, and this script follows): each pass a list of datatrove steps (readers, filters, formatters, dedup,
+writers) run as `tasks` tasks, in order, each reading what the earlier ones wrote. They run here on datatrove's
+LocalPipelineExecutor; for a cluster, swap in SlurmPipelineExecutor (chain the passes with depends=) or
+RayPipelineExecutor.
+"""
+
+import argparse
+from pathlib import Path
+
+from datatrove.executor import LocalPipelineExecutor
+
+from hfpipe import Recipe
+
+RECIPE, OVERRIDES = {recipe!r}, {overrides!r}
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default={workers}, help="tasks of a pass running at once")
+    parser.add_argument("--output", type=Path, default=Path({output!r}), help="where the passes write")
+    args = parser.parse_args()
+    recipe = Recipe.load(RECIPE, OVERRIDES)
+    for p in recipe.data.to_datatrove(args.output):
+        print(f"pass {{p.name}}: {{len(p.pipeline)}} steps x {{p.tasks}} tasks", flush=True)
+        LocalPipelineExecutor(p.pipeline, tasks=p.tasks, workers=min(args.workers, p.tasks),
+                              logging_dir=str(args.output / "datatrove_logs" / p.name)).run()
+'''
+
+
+def export_datatrove(recipe, out: Path, overrides: list[str] = ()) -> list[Path]:
+    """``DIR/pipeline.py``: a datatrove script over ``recipe.data.to_datatrove()`` of the recipe file (and the
+    overrides) it was exported from, so that source paths and provenance resolve as in hfpipe's own run."""
+    if recipe.path is None:
+        raise HfpipeError("export --to datatrove: the recipe was built in code; export one loaded from a file", 2)
+    recipe.data.to_datatrove(out / "check")  # the passes build (every source reads) before the script is written
+    shutil.rmtree(out / "check", ignore_errors=True)
+    script = out / "pipeline.py"
+    script.write_text(PIPELINE_SCRIPT.format(name=recipe.name, version=_version(), script=script,
+                                             recipe=str(Path(recipe.path).resolve()), overrides=list(overrides),
+                                             output=str(out / "output"), workers=recipe.data.workers))
+    (out / "README.md").write_text(f"Exported by hfpipe from {recipe.path}, stage data.\n\n"
+                                   f"    python {shlex.quote(str(script))}\n")
+    return [script]

@@ -2,7 +2,8 @@
 
 Run just this stage: ``hfpipe run recipes/starter-data.yaml --only data`` (or any recipe with a ``data`` section).
 
-Phases (each a banner in run()):
+Phases (each a banner in build_passes(), which builds every datatrove pass without running it, and run(), which runs
+them on the recipe's executor; ``recipe.data.to_datatrove()`` returns the same passes):
 1. resolve + validate every source in this process (hfpipe.stages.data.readers): each raw file decodes and parses,
    or one line names file:line;
 2. one filter pass, the domains side by side: each domain's readers (HTML/WARC through trafilatura first) -> the
@@ -29,7 +30,7 @@ import gzip
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import Field, field_validator, model_validator
 
@@ -251,6 +252,14 @@ class Config(StageConfig):
                              f"{sorted(set(STEP_NAMES) - {'pii'})}")
         return rules
 
+    def to_datatrove(self, output_dir: str | Path | None = None) -> list[DataPass]:
+        """The stage's datatrove passes, as run() builds them (build_passes): each a DataPass(name, pipeline, tasks,
+        ...) whose ``pipeline`` (datatrove steps) a datatrove executor runs as ``tasks`` tasks, in order; the last
+        writes ``<output_dir>/data/*.jsonl.gz``, the stage's output. ``output_dir`` default runs/<name>/data. The
+        sources are read and validated now."""
+        name, seed, recipe_dir = self.recipe_context()
+        return build_passes(self, recipe_dir, Path(output_dir or f"runs/{name}/data"), seed).passes
+
     @model_validator(mode="after")
     def _slurm_partition(self):
         if self.executor == "slurm" and not self.slurm.partition:
@@ -295,24 +304,44 @@ def preflight(config: Config, recipe_dir: Path) -> None:
 # run
 
 
-def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
+class DataPass(NamedTuple):
+    """One datatrove pass of the stage: run ``pipeline`` as ``tasks`` tasks on any datatrove executor, logging to
+    ``datatrove_logs/<name>``; the passes run in order, each reading what the earlier ones wrote."""
+
+    name: str  # 1_filter, 2_dedup_signatures, 3_dedup_find, 5_minhash_1..3, 6_dedup, 5_balance_write
+    pipeline: list  # datatrove PipelineSteps: readers, filters, formatters, dedup steps, writers
+    tasks: int
+    stats: list | None  # per step of pipeline: its name in stats.json (None: not a row); None: no table
+    phase: str  # what the console shows while it runs
+    total_from: str | None  # the earlier pass whose written documents are this one's progress total
+
+
+class DataPlan(NamedTuple):
+    passes: list[DataPass]
+    docs_in: dict  # domain -> documents the sources hold (before any filter)
+    bytes_in: dict
+    named: list  # per step of the filter pass: (domain, stats name) or None
+    domains: list[str]
+
+
+def build_passes(config: Config, recipe_dir: Path, out_dir: Path, seed: int) -> DataPlan:
+    """Every datatrove pass of the stage, built and not run: what run() executes on the recipe's executor, and what
+    ``recipe.data.to_datatrove(out_dir)`` hands a user to run on theirs (``hfpipe export --stage data --to datatrove``
+    writes a script that does). Sources are read and validated here (phase 1): a bad one fails before any pass."""
     from datatrove.pipeline.dedup import ExactDedupConfig, ExactDedupFilter, ExactDedupSignature, ExactFindDedups
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter, ParquetWriter
 
     from hfpipe.stages.data import mixture as mix
-    from hfpipe.stages.data.engines import Passes
     from hfpipe.stages.data.readers import MARKUP_FORMATS, make_extractor
     from hfpipe.stages.data.steps import domain_steps
     from hfpipe.stages.data.steps.minhash import minhash_pipelines, minhash_tasks
-    from hfpipe.stages.data.steps.routing import ForDomain, preload
+    from hfpipe.stages.data.steps.routing import ForDomain
 
     out_dir = Path(out_dir)
-    work, logs = out_dir / "work", out_dir / "datatrove_logs"
+    work = out_dir / "work"
     work.mkdir(parents=True, exist_ok=True)
-    # every pass runs on the recipe's executor (hfpipe.stages.data.engines): local and Ray run a pass when it is handed
-    # over; Slurm submits the whole chain (depends=) at engine.wait(), so the passes' stats are read after that
-    engine = Passes(config, inputs.recipe_dir)
+    passes: list[DataPass] = []
 
     # The passes hand each other plain jsonl under work/ (deleted at the end): datatrove's default gzip (level 9)
     # took 7.0 of 52 s (13%) of a cProfiled run of the starter recipe, for files read once or twice, then deleted.
@@ -323,8 +352,7 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
         return JsonlReader(str(folder), glob_pattern="**/*.jsonl", recursive=True, add_file_path=False)
 
     # ---------------------------------------------------------------- 1. resolve + validate
-    progress("reading sources")
-    readers, docs_in, bytes_in = build_readers(config, inputs.recipe_dir, work)
+    readers, docs_in, bytes_in = build_readers(config, recipe_dir, work)
     dropped = out_dir / "dropped" if config.keep_dropped else None
     if any(config.chains.get(d) and "gopher_quality" in config.chains[d] for d in readers):
         try:  # build the word tokenizer now: a bad language fails here, before any pass
@@ -351,15 +379,9 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
 
     markup = {d: [r for s, r in rs if s.format in MARKUP_FORMATS] for d, rs in readers.items()}
     plain = {d: [r for s, r in rs if s.format not in MARKUP_FORMATS] for d, rs in readers.items()}
-    # progress: a document counts where its source's reader emits it (markup pages before extraction drops any).
-    # Only tasks run in this process count (one local worker); Hub sources are not counted up front
+    # progress: a document counts where its source's reader emits it (markup pages before extraction drops any)
     markup_sources = frozenset(s.name for s in config.sources if s.format in MARKUP_FORMATS)
     plain_sources = frozenset(s.name for s in config.sources if s.format not in MARKUP_FORMATS)
-    counted = config.executor == "local" and min(config.workers, config.tasks) == 1
-    where = "" if counted else f" ({config.tasks} tasks, {config.executor}" + \
-        (f", {min(config.workers, config.tasks)} workers)" if config.executor == "local" else ")")
-    hub = any(s.format == "hub" for s in config.sources)
-    progress("filtering" + where, total=sum(docs_in.values()) if counted and not hub else None, unit="docs")
     add(*(r for rs in markup.values() for r in rs))  # markup first: trafilatura sees only their documents
     for domain in (d for d, rs in markup.items() if rs):
         add(mix.Meter(f"{domain}:html", ticks=markup_sources), domain=domain, name=f"meter:{domain}:html")
@@ -368,18 +390,85 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
     for domain in readers:
         add(mix.Meter(f"{domain}:read", ticks=plain_sources), domain=domain, name=f"meter:{domain}:read")
         for label, step in domain_steps(domain, config, dropped, ledger=work / "contamination"):
-            if config.executor == "local":  # models and indexes loaded once here, shared by every local task
-                preload(step)
             add(step, domain=domain, name=label)
             add(mix.Meter(label), domain=domain, name=f"meter:{label}")
     filtered = work / "filtered"
     add(write(filtered, "${domain}/${rank}.jsonl"))
-    engine.run(pipeline, config.tasks, logs / "1_filter")
+    passes.append(DataPass("1_filter", pipeline, config.tasks, None, "filtering", "sources"))
+
+    # ---------------------------------------------------------------- 3. dedup
+    # exact (signature -> find -> filter), then MinHash near-dedup (signature -> buckets -> cluster -> filter) of what
+    # exact dedup keeps: both MinHash passes that read documents read work/filtered through the exact-dedup filter (same
+    # documents, same order per task), not a written copy; the last pass writes the ledger of what is left
+    dd, exact = config.dedup, ExactDedupConfig(content_getter=_dedup_key)
+    pipeline, names = [read(filtered), mix.Meter("dedup_in", ticks=True)], [None, "meter:dedup_in"]
+
+    def dropped_by(step: str):
+        return mix.DroppedWriter(str(dropped / step)) if dropped is not None else None
+
+    if dd.exact:
+        passes.append(DataPass("2_dedup_signatures", [read(filtered), ExactDedupSignature(str(work / "sigs"), exact)],
+                               config.tasks, None, "deduplicating", None))
+        passes.append(DataPass("3_dedup_find", [ExactFindDedups(str(work / "sigs"), str(work / "dups"), exact)], 1,
+                               None, "deduplicating", None))
+        pipeline += [ExactDedupFilter(str(work / "dups"), exact, exclusion_writer=dropped_by("dedup_exact")),
+                     mix.Meter("dedup:exact")]
+        names += ["dedup:exact", "meter:dedup:exact"]
+    if dd.minhash.enabled:
+        m = dd.minhash
+        minhash = minhash_pipelines(work / "minhash", lambda: read(filtered), None, n_grams=m.n_grams,
+                                    num_buckets=m.num_buckets, hashes_per_bucket=m.hashes_per_bucket, seed=seed,
+                                    exclusion_writer=dropped_by("dedup_minhash"))
+        if dd.exact:  # signatures of what exact dedup keeps, in the order the MinHash filter below sees it
+            minhash[0].insert(1, ExactDedupFilter(str(work / "dups"), exact))
+        for i, (passed, n) in enumerate(zip(minhash[:3], minhash_tasks(config.tasks, m.num_buckets)[:3])):
+            passes.append(DataPass(f"5_minhash_{i + 1}", passed, n, None, "deduplicating", None))
+        pipeline += [minhash[3][1], mix.Meter("dedup:minhash")]  # datatrove's MinhashDedupFilter
+        names += ["dedup:minhash", "meter:dedup:minhash"]
+    pipeline += [mix.Ledger(str(work / "ledger"), seed), write(work / "deduped")]
+    passes.append(DataPass("6_dedup", pipeline, config.tasks, names + [None, None], "deduplicating", "1_filter"))
+
+    # ---------------------------------------------------------------- 4. balance
+    # a seeded sample towards the target shares -> data/*.jsonl.gz (+ parquet)
+    b = config.balance
+    pipeline, names = [read(work / "deduped"), mix.Meter("balance_in", ticks=True)], [None, "meter:balance_in"]
+    if b.enabled:
+        pipeline += [mix.BalanceSampler(str(work / "ledger"), seed, b.domain_shares, b.language_shares,
+                                        b.max_bytes), mix.Meter("balance")]
+        names += ["balance", "meter:balance"]
+    pipeline.append(JsonlWriter(str(out_dir / "data"), output_filename="${rank}.jsonl", compression=None))
+    if config.parquet:
+        pipeline.append(ParquetWriter(str(out_dir / "data"), output_filename="${rank}.parquet"))
+    pipeline.append(mix.GzipShard(str(out_dir / "data")))  # -> ${rank}.jsonl.gz, no timestamp: bit-identical reruns
+    passes.append(DataPass("5_balance_write", pipeline, config.tasks, names + [None] * (2 + config.parquet),
+                           "balancing and writing" if b.enabled else "writing", "6_dedup"))
+    return DataPlan(passes, docs_in, bytes_in, named, list(readers))
+
+
+def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
+    from hfpipe.stages.data import mixture as mix
+    from hfpipe.stages.data.engines import Passes
+    from hfpipe.stages.data.steps.routing import preload
+
+    out_dir = Path(out_dir)
+    work, logs = out_dir / "work", out_dir / "datatrove_logs"
+    # ---------------------------------------------------------------- 1-4. the passes (build_passes), then each run on
+    # the recipe's executor (hfpipe.stages.data.engines): local and Ray run a pass when it is handed over; Slurm submits
+    # the whole chain (depends=) at engine.wait(), so the passes' stats are read after that
+    progress("reading sources")
+    plan = build_passes(config, inputs.recipe_dir, out_dir, inputs.seed)
+    docs_in, bytes_in, named = plan.docs_in, plan.bytes_in, plan.named
+    engine = Passes(config, inputs.recipe_dir)
+    # Only tasks run in this process count towards progress (one local worker); Hub sources are not counted up front
+    counted = config.executor == "local" and min(config.workers, config.tasks) == 1
+    where = "" if counted else f" ({config.tasks} tasks, {config.executor}" + \
+        (f", {min(config.workers, config.tasks)} workers)" if config.executor == "local" else ")")
+    hub = any(s.format == "hub" for s in config.sources)
 
     def filter_rows() -> list[dict]:  # after the filter pass (Slurm: after the whole chain)
         _contamination_report(config, work / "contamination", out_dir)
         blocks, steps = mix.merged_stats(logs / "1_filter"), []
-        for domain in readers:  # stats.json rows domain by domain, as from a pass of its own
+        for domain in plan.domains:  # stats.json rows domain by domain, as from a pass of its own
             rows = mix.step_table(blocks, [n[1] if n and n[0] == domain else None for n in named])
             steps += rows
             dead = next((r for r in rows if r["docs_in"] and not r["docs_out"]), None)
@@ -389,63 +478,28 @@ def run(config: Config, inputs: Inputs, out_dir: Path) -> dict:
                                   f"({dead['docs_in']} in, 0 out; see stats.json)")
         return steps
 
-    steps = [] if engine.deferred else filter_rows()  # Slurm: after the whole chain ran
-    tables = []  # (pass logging dir, step names) of the later metered passes, read once every pass has run
-
-    # ---------------------------------------------------------------- 3. dedup
-    # exact (signature -> find -> filter), then MinHash near-dedup (signature -> buckets -> cluster -> filter) of what
-    # exact dedup keeps: both MinHash passes that read documents read work/filtered through the exact-dedup filter (same
-    # documents, same order per task), not a written copy; the last pass writes the ledger of what is left
-    dd, exact = config.dedup, ExactDedupConfig(content_getter=_dedup_key)
-    progress("deduplicating" + where)
-    pipeline, names = [read(filtered), mix.Meter("dedup_in", ticks=True)], [None, "meter:dedup_in"]
-
-    def dropped_by(step: str):
-        return mix.DroppedWriter(str(dropped / step)) if dropped is not None else None
-
-    if dd.exact:
-        engine.run([read(filtered), ExactDedupSignature(str(work / "sigs"), exact)], config.tasks,
-                logs / "2_dedup_signatures")
-        engine.run([ExactFindDedups(str(work / "sigs"), str(work / "dups"), exact)], 1, logs / "3_dedup_find")
-        pipeline += [ExactDedupFilter(str(work / "dups"), exact, exclusion_writer=dropped_by("dedup_exact")),
-                     mix.Meter("dedup:exact")]
-        names += ["dedup:exact", "meter:dedup:exact"]
-    if dd.minhash.enabled:
-        m = dd.minhash
-        passes = minhash_pipelines(work / "minhash", lambda: read(filtered), None, n_grams=m.n_grams,
-                                   num_buckets=m.num_buckets, hashes_per_bucket=m.hashes_per_bucket, seed=inputs.seed,
-                                   exclusion_writer=dropped_by("dedup_minhash"))
-        if dd.exact:  # signatures of what exact dedup keeps, in the order the MinHash filter below sees it
-            passes[0].insert(1, ExactDedupFilter(str(work / "dups"), exact))
-        for i, (passed, n) in enumerate(zip(passes[:3], minhash_tasks(config.tasks, m.num_buckets)[:3])):
-            engine.run(passed, n, logs / f"5_minhash_{i + 1}")
-        pipeline += [passes[3][1], mix.Meter("dedup:minhash")]  # datatrove's MinhashDedupFilter
-        names += ["dedup:minhash", "meter:dedup:minhash"]
-    pipeline += [mix.Ledger(str(work / "ledger"), inputs.seed), write(work / "deduped")]
-    progress("deduplicating" + where, total=_written(logs / "1_filter") if counted else None, unit="docs")
-    engine.run(pipeline, config.tasks, logs / "6_dedup")
-    tables.append((logs / "6_dedup", names + [None, None]))
-
-    # ---------------------------------------------------------------- 4. balance
-    # a seeded sample towards the target shares -> data/*.jsonl.gz (+ parquet)
-    b = config.balance
-    progress(("balancing and writing" if b.enabled else "writing") + where,
-             total=_written(logs / "6_dedup") if counted else None, unit="docs")
-    pipeline, names = [read(work / "deduped"), mix.Meter("balance_in", ticks=True)], [None, "meter:balance_in"]
-    if b.enabled:
-        pipeline += [mix.BalanceSampler(str(work / "ledger"), inputs.seed, b.domain_shares, b.language_shares,
-                                        b.max_bytes), mix.Meter("balance")]
-        names += ["balance", "meter:balance"]
-    pipeline.append(JsonlWriter(str(out_dir / "data"), output_filename="${rank}.jsonl", compression=None))
-    if config.parquet:
-        pipeline.append(ParquetWriter(str(out_dir / "data"), output_filename="${rank}.parquet"))
-    pipeline.append(mix.GzipShard(str(out_dir / "data")))  # -> ${rank}.jsonl.gz, no timestamp: bit-identical reruns
-    engine.run(pipeline, config.tasks, logs / "5_balance_write")
-    tables.append((logs / "5_balance_write", names + [None] * (2 + config.parquet)))
+    steps, tables, phase = [], [], None  # tables: (pass logging dir, step names) of the metered passes
+    for p in plan.passes:
+        if p.name == "1_filter" and config.executor == "local":  # models and indexes loaded once here, shared by
+            for step in p.pipeline:  # every local task
+                preload(step)
+        if p.total_from == "sources":
+            progress(p.phase + where, total=sum(docs_in.values()) if counted and not hub else None, unit="docs")
+        elif p.total_from:
+            progress(p.phase + where, total=_written(logs / p.total_from) if counted else None, unit="docs")
+        elif p.phase != phase:
+            progress(p.phase + where)
+        phase = p.phase
+        engine.run(p.pipeline, p.tasks, logs / p.name)
+        if p.name == "1_filter" and not engine.deferred:
+            steps = filter_rows()
+        if p.stats is not None:
+            tables.append((logs / p.name, p.stats))
     engine.wait()  # Slurm: the chain is submitted and watched until every pass is done; Ray: its runtime stops
     steps = (filter_rows() if engine.deferred else steps) + \
         [row for folder, n in tables for row in mix.step_table(mix.merged_stats(folder), n)]
-
+    b = config.balance
+    dropped = out_dir / "dropped" if config.keep_dropped else None
     # ---------------------------------------------------------------- 5. stats + plot + self-check
     # the output reads back, every doc carries its metadata
     progress("checking the output")

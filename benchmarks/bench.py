@@ -158,8 +158,10 @@ BENCH_RECIPE = REPO / "benchmarks" / "recipes" / "bench.yaml"
 def hfpipe(root: Path, *args: str, recipe: Path = BENCH_RECIPE) -> None:
     """`hfpipe --runs-dir ROOT/runs --cards-dir ROOT/cards run RECIPE ARGS...` in a fresh process, as a user runs it."""
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}  # this checkout's hfpipe
+    overrides = [a for a in args if "=" in a and not a.startswith("-")]  # key=value: right after the recipe, where
+    options = [a for a in args if a not in overrides]  # `hfpipe run` takes them (not after --only STAGE ...)
     cmd = [sys.executable, "-m", "hfpipe.cli", "--runs-dir", str(root / "runs"), "--cards-dir", str(root / "cards"),
-           "run", str(recipe), *args]
+           "run", str(recipe), *overrides, *options]
     done = subprocess.run(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if done.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")

@@ -57,3 +57,16 @@ def test_a_target_is_checked_on_the_median_and_a_short_run_is_not_written(tmp_pa
     assert not (tmp_path / "smoke.json").exists()
     bench.write_result("full", {}, [t])
     assert (tmp_path / "full.json").exists()
+
+
+def test_the_run_helper_passes_overrides_where_hfpipe_run_takes_them(monkeypatch, tmp_path):
+    """bench.hfpipe(root, "--only", "data", "data.workers=1") must be a command hfpipe's own parser accepts, with the
+    override as an override (a smoke run of bench_data/bench_eval failed on `unrecognized arguments`)."""
+    from hfpipe.cli import build_parser
+
+    seen = []
+    monkeypatch.setattr(bench.subprocess, "run", lambda cmd, **kw: seen.append(cmd) or type("R", (), {"returncode": 0})())
+    bench.hfpipe(tmp_path, "--only", "eval", "--force", "eval", "eval.latency_batch_sizes=[]")
+    argv = seen[0][seen[0].index("hfpipe.cli") + 1:]
+    args = build_parser().parse_args(argv)
+    assert args.overrides == ["eval.latency_batch_sizes=[]"] and args.only == ["eval"] and args.force == ["eval"]

@@ -5,6 +5,9 @@ a GGUF; and the real tiny and SmolLM2 recipes re-exported. Skipped (not passed) 
 slow_test` installs it (`make gguf`).
 
 Run: .venv/bin/python -m pytest tests/test_gguf_llamacpp.py -q -m slow
+(the two whole-recipe tests run each recipe up to deploy: ~30 min for tiny and ~60 for SmolLM2 on 2 cores. With
+HFPIPE_GGUF_TEST_RUNS=runs after `make cards` they run it in that runs folder, where every finished stage whose
+fingerprint still matches is reused, so they check the very exports the committed cards describe)
 """
 
 import dataclasses
@@ -150,11 +153,16 @@ def test_beyond_llama_through_llama_cpps_converter(tmp_path, make_inputs):
 
 
 def _run_recipe(recipe: str, tmp_path: Path, *overrides: str) -> Path:
-    env = {**os.environ, "HFPIPE_RUNS_DIR": str(tmp_path / "runs"), "HFPIPE_CARDS_DIR": str(tmp_path / "cards")}
+    runs = Path(os.environ.get("HFPIPE_GGUF_TEST_RUNS") or tmp_path / "runs").resolve()
+    env = {**os.environ, "HFPIPE_RUNS_DIR": str(runs), "HFPIPE_CARDS_DIR": str(tmp_path / "cards")}
     res = subprocess.run([sys.executable, "-m", "hfpipe.cli", "run", str(REPO / "recipes" / recipe), "--until",
                           "deploy", *overrides], env=env, capture_output=True, text=True, timeout=5400)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    return next((tmp_path / "runs").glob("*/deploy-*"))
+    status = subprocess.run([sys.executable, "-m", "hfpipe.cli", "status", str(REPO / "recipes" / recipe), "--json"],
+                            env=env, capture_output=True, text=True, check=True)
+    [deploy] = [row for row in json.loads(status.stdout) if row["stage"] == "deploy"]
+    assert deploy["status"] == "done", deploy  # the current fingerprint's folder, not an older one
+    return Path(deploy["path"])
 
 
 def _check_recipe_export(deploy_dir: Path, name: str, n_strings: int) -> dict:

@@ -139,12 +139,9 @@ def export_trl(recipe, stage: str, out: Path, runs_dir: Path) -> list[Path]:
     if init_kwargs:
         args["model_init_kwargs"] = init_kwargs
     args.update(_peft_arguments(getattr(config, "lora", None)))
-    path = out / f"{command}.yaml"
-    header = (f"# hfpipe export of {recipe.name}.{stage} (hfpipe {_version()}): the trl.{_config_name(stage, config)} "
-              f"arguments the stage trains with.\n# Run: trl {command} --config {path}\n")
     doc = {"model_name_or_path": model, "dtype": "float32", "dataset_name": str(out / "data"),
            "dataset_train_split": "train", "dataset_test_split": "test", **args}
-    path.write_text(header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    path = _trl_yaml(recipe, stage, _config_name(stage, config), command, out, doc)
     (out / "README.md").write_text(f"Exported by hfpipe from {recipe.path}, stage {stage}.\n\n"
                                    f"    trl {command} --config {shlex.quote(str(path))}\n")
     return [path]

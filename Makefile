@@ -83,7 +83,7 @@ slurm-down:
 # every benchmarks/bench_*.py (side-by-side ratios), then the table in benchmarks/results/RESULTS.md
 bench: setup
 	@start=$$(date +%s); failed=""; for b in benchmarks/bench_*.py; do echo "== $$b"; \
-	  timeout 2700 $(BIN)/python $$b || failed="$$failed $$b"; done; \
+	  timeout 3600 $(BIN)/python $$b || failed="$$failed $$b"; done; \
 	  echo "make bench: $$(( $$(date +%s) - start )) s"; cd benchmarks && ../$(BIN)/python report.py; \
 	  if [ -n "$$failed" ]; then echo "make bench: not measured (failed):$$failed"; exit 1; fi
 

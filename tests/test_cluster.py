@@ -73,6 +73,18 @@ def shards(folder: Path) -> dict[str, bytes]:
     return {p.name: gzip.decompress(p.read_bytes()) for p in sorted((folder / "data").glob("*.jsonl.gz"))}
 
 
+def data_stage_matches_local(work: Path, local_data: Path, **engine) -> Path:
+    """Run the data stage with `engine` (executor and its options) and check its shards and stats are byte for byte
+    the local executor's; returns the stage folder."""
+    proc = hfpipe(write_recipe(work, "engines", data={**DATA, **engine}), work=work)
+    _, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    folder = stage_folder(work, "engines", "data")
+    assert shards(folder) == shards(local_data) and len(shards(folder)) == 2
+    assert (folder / "stats.json").read_bytes() == (local_data / "stats.json").read_bytes()
+    return folder
+
+
 def squeue(*args) -> list[str]:
     out = subprocess.run(["squeue", "-h", *args], capture_output=True, text=True, check=True)
     return [line for line in out.stdout.splitlines() if line.strip()]
@@ -121,14 +133,8 @@ def local_data(tmp_path_factory):
 
 @pytest.mark.cluster
 def test_data_stage_on_slurm_is_byte_identical_to_local(slurm, local_data, tmp_path):
-    recipe = write_recipe(tmp_path, "engines", data={**DATA, "executor": "slurm",
-                                                     "slurm": {"partition": slurm, "time": "00:10:00"}})
-    proc = hfpipe(recipe, work=tmp_path)
-    _, err = proc.communicate(timeout=900)
-    assert proc.returncode == 0, err[-3000:]
-    folder = stage_folder(tmp_path, "engines", "data")
-    assert shards(folder) == shards(local_data) and len(shards(folder)) == 2
-    assert (folder / "stats.json").read_bytes() == (local_data / "stats.json").read_bytes()
+    folder = data_stage_matches_local(tmp_path, local_data, executor="slurm",
+                                      slurm={"partition": slurm, "time": "00:10:00"})
     # it really ran as Slurm jobs: one array job per pass, chained with afterok dependencies
     logs = folder / "datatrove_logs"
     script = (logs / "6_dedup" / "launch_script.slurm").read_text()
@@ -208,13 +214,7 @@ def test_data_stage_on_ray_is_byte_identical_to_local(local_data, tmp_path):
     import importlib.util
 
     assert importlib.util.find_spec("ray"), "ray is not installed: the hfpipe[ray] extra (make cluster_test installs it)"
-    recipe = write_recipe(tmp_path, "engines", data={**DATA, "executor": "ray"})
-    proc = hfpipe(recipe, work=tmp_path)
-    _, err = proc.communicate(timeout=900)
-    assert proc.returncode == 0, err[-3000:]
-    folder = stage_folder(tmp_path, "engines", "data")
-    assert shards(folder) == shards(local_data) and len(shards(folder)) == 2
-    assert (folder / "stats.json").read_bytes() == (local_data / "stats.json").read_bytes()
+    folder = data_stage_matches_local(tmp_path, local_data, executor="ray")
     executor = json.loads((folder / "datatrove_logs" / "1_filter" / "executor.json").read_text())
     assert "ray_remote_kwargs" in executor and "log_first" in executor  # RayPipelineExecutor's own fields
 

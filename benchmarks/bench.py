@@ -128,7 +128,8 @@ def commit() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "hfpipe", "benchmarks"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "hfpipe", "benchmarks",
+                                ":!benchmarks/results"],  # the results a run writes are not changes to what it runs
                                cwd=REPO, capture_output=True, text=True).stdout.strip()
         return sha + ("+changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):

@@ -70,3 +70,27 @@ def test_the_run_helper_passes_overrides_where_hfpipe_run_takes_them(monkeypatch
     argv = seen[0][seen[0].index("hfpipe.cli") + 1:]
     args = build_parser().parse_args(argv)
     assert args.overrides == ["eval.latency_batch_sizes=[]"] and args.only == ["eval"] and args.force == ["eval"]
+
+
+def test_the_recorded_commit_ignores_the_results_a_run_writes_but_not_a_changed_bench(monkeypatch, tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "hfpipe").mkdir()
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "hfpipe" / "runner.py").write_text("x = 1\n")
+    (tmp_path / "benchmarks" / "bench_x.py").write_text("y = 1\n")
+    (tmp_path / "benchmarks" / "results" / "x.json").write_text("{}\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "base")
+    monkeypatch.setattr(bench, "REPO", tmp_path)
+    clean = bench.commit()
+    assert clean and "+" not in clean and clean != "unknown"
+    (tmp_path / "benchmarks" / "results" / "x.json").write_text('{"figure": 1}\n')  # a bench's own result
+    assert bench.commit() == clean
+    (tmp_path / "benchmarks" / "bench_x.py").write_text("y = 2\n")
+    assert bench.commit() == clean + "+changes"

@@ -73,13 +73,18 @@ def shards(folder: Path) -> dict[str, bytes]:
     return {p.name: gzip.decompress(p.read_bytes()) for p in sorted((folder / "data").glob("*.jsonl.gz"))}
 
 
-def data_stage_matches_local(work: Path, local_data: Path, **engine) -> Path:
-    """Run the data stage with `engine` (executor and its options) and check its shards and stats are byte for byte
-    the local executor's; returns the stage folder."""
+def run_data_stage(work: Path, **engine) -> Path:
+    """The data stage of DATA with `engine` (executor and its options; none: local) through the CLI; its folder."""
     proc = hfpipe(write_recipe(work, "engines", data={**DATA, **engine}), work=work)
     _, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err[-3000:]
-    folder = stage_folder(work, "engines", "data")
+    return stage_folder(work, "engines", "data")
+
+
+def data_stage_matches_local(work: Path, local_data: Path, **engine) -> Path:
+    """Run the data stage with `engine` and check its shards and stats are byte for byte the local executor's;
+    returns the stage folder."""
+    folder = run_data_stage(work, **engine)
     assert shards(folder) == shards(local_data) and len(shards(folder)) == 2
     assert (folder / "stats.json").read_bytes() == (local_data / "stats.json").read_bytes()
     return folder
@@ -120,11 +125,7 @@ def test_slurm_up_is_idempotent_and_runs_a_job(slurm):
 @pytest.fixture(scope="module")
 def local_data(tmp_path_factory):
     """The data stage with executor: local, through the CLI (the reference for Slurm and Ray)."""
-    work = tmp_path_factory.mktemp("local")
-    proc = hfpipe(write_recipe(work, "engines", data=DATA), work=work)
-    _, err = proc.communicate(timeout=900)
-    assert proc.returncode == 0, err[-3000:]
-    return stage_folder(work, "engines", "data")
+    return run_data_stage(tmp_path_factory.mktemp("local"))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
